@@ -1,0 +1,70 @@
+"""instancelib: run container images as named, long-lived background instances.
+
+The public API, re-exported from the modules that define it::
+
+    from instancelib import Image, Instance
+    web = Instance.start(Image("nginx-sandbox"), "web", writable_tmpfs=True)
+    print(web.exec(["cat", "/etc/os-release"]).stdout)
+    web.stop()
+"""
+
+from instancelib.binds import Bind as Bind
+from instancelib.errors import ExecError as ExecError
+from instancelib.errors import ImageError as ImageError
+from instancelib.errors import InstanceError as InstanceError
+from instancelib.errors import InvalidArgument as InvalidArgument
+from instancelib.errors import InvalidName as InvalidName
+from instancelib.errors import NameConflict as NameConflict
+from instancelib.errors import NotFound as NotFound
+from instancelib.errors import PermissionDenied as PermissionDenied
+from instancelib.errors import RegistryError as RegistryError
+from instancelib.errors import StartError as StartError
+from instancelib.errors import StartTimeout as StartTimeout
+from instancelib.errors import Timeout as Timeout
+from instancelib.errors import Unsupported as Unsupported
+from instancelib.image import Image as Image
+from instancelib.instance import Instance as Instance
+from instancelib.instance import InstanceStatus as InstanceStatus
+from instancelib.process import ExecResult as ExecResult
+from instancelib.process import InstanceProcess as InstanceProcess
+from instancelib.readiness import CommandProbe as CommandProbe
+from instancelib.readiness import FileProbe as FileProbe
+from instancelib.readiness import TcpProbe as TcpProbe
+from instancelib.registry import InstanceRecord as InstanceRecord
+from instancelib.registry import InstanceRegistry as InstanceRegistry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bind",
+    "CommandProbe",
+    "ExecError",
+    "ExecResult",
+    "FileProbe",
+    "Image",
+    "ImageError",
+    "Instance",
+    "InstanceError",
+    "InstanceProcess",
+    "InstanceRecord",
+    "InstanceRegistry",
+    "InstanceStatus",
+    "InvalidArgument",
+    "InvalidName",
+    "NameConflict",
+    "NotFound",
+    "PermissionDenied",
+    "RegistryError",
+    "StartError",
+    "StartTimeout",
+    "TcpProbe",
+    "Timeout",
+    "Unsupported",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = "instancelib"
+del _name, _obj

@@ -1,0 +1,378 @@
+"""The ``instancelib`` command: a thin layer over the API, in Singularity's words.
+
+::
+
+    instancelib instance start|run [options] IMAGE NAME [ARGS...]
+    instancelib instance list [--json] [--logs] [PATTERN]
+    instancelib instance stop [--all] [--signal SIG] [--timeout N] [--force] [PATTERN]
+    instancelib exec instance://NAME CMD...
+    instancelib run instance://NAME [ARGS...]
+    instancelib shell instance://NAME
+
+Exit status: 0 on success; 255 on an error, with one ``FATAL:`` line on stderr
+(as Singularity); for ``exec``/``run``/``shell`` the command's own status
+(128+N when signal N ended it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import termios
+import tty
+from collections.abc import Sequence
+from typing import Any
+
+from instancelib.errors import InstanceError, InvalidArgument, NotFound
+from instancelib.image import Image
+from instancelib.instance import Instance, stop_instances
+from instancelib.readiness import CommandProbe, FileProbe, TcpProbe
+from instancelib.registry import InstanceRegistry
+
+__all__ = ["main"]
+
+log = logging.getLogger("instancelib")
+
+ERROR_EXIT = 255
+_URI = "instance://"
+
+
+class _Formatter(logging.Formatter):
+    """Singularity's message style: ``INFO:    text``, ``FATAL:   text``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "FATAL" if record.levelno >= logging.ERROR else record.levelname
+        return f"{level + ':':<9}{record.getMessage()}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="instancelib",
+        description="Run container images as named background instances.",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-d", "--debug", action="store_true", help="print debugging output")
+    verbosity.add_argument("-q", "--quiet", action="store_true",
+                           help="only print warnings and errors")
+    verbosity.add_argument("-s", "--silent", action="store_true", help="only print errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    instance = commands.add_parser("instance", help="manage background instances")
+    instance_commands = instance.add_subparsers(dest="instance_command", required=True,
+                                                metavar="SUBCOMMAND")
+    for verb, what in (("start", "the startscript"), ("run", "the runscript")):
+        start = instance_commands.add_parser(verb, help=f"start a named instance running {what}")
+        _add_start_options(start)
+        start.add_argument("image", metavar="IMAGE")
+        start.add_argument("name", metavar="NAME")
+        start.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+    listing = instance_commands.add_parser("list", help="list running instances")
+    listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
+    listing.add_argument("-l", "--logs", action="store_true", help="show the log paths")
+    listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
+
+    stop = instance_commands.add_parser("stop", help="stop named instances")
+    stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
+    stop.add_argument("-s", "--signal", default="SIGINT",
+                      help="signal to send (name or number; default SIGINT)")
+    stop.add_argument("-t", "--timeout", type=float, default=10.0,
+                      help="seconds before SIGKILL (default 10)")
+    stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
+    stop.add_argument("pattern", nargs="?", metavar="PATTERN")
+
+    for verb, what in (("exec", "run a command in an instance"),
+                       ("run", "run an instance's runscript"),
+                       ("shell", "open an interactive shell in an instance")):
+        action = commands.add_parser(verb, help=what)
+        action.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                            help="set a variable (repeatable, comma-separated)")
+        if verb == "exec":
+            action.add_argument("--pwd", help="working directory inside the instance")
+        action.add_argument("target", metavar="instance://NAME")
+        if verb != "shell":
+            action.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    return parser
+
+
+def _add_start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-B", "--bind", action="append", default=[], metavar="SPEC",
+                        help="bind src[:dst[:ro|rw]] (repeatable, comma-separated)")
+    parser.add_argument("-e", "--cleanenv", action="store_true",
+                        help="do not pass the host environment in")
+    parser.add_argument("-c", "--contain", action="store_true",
+                        help="private $HOME, /tmp, /var/tmp and a minimal /dev")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a variable (repeatable, comma-separated)")
+    parser.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                        help="read NAME=VALUE lines from FILE")
+    parser.add_argument("--hostname", help="hostname inside the instance")
+    parser.add_argument("--pid-file", help="write the instance's PID to this file")
+    parser.add_argument("--writable-tmpfs", action="store_true",
+                        help="writable root on a tmpfs overlay, discarded at stop")
+    parser.add_argument("--ready", metavar="PROBE",
+                        help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
+    parser.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds the start (and readiness) may take (default 30)")
+
+
+def _parse_env(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for path in files:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            raise InvalidArgument(f"cannot read env file {path}: {err.strerror}") from err
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, value = line.removeprefix("export ").partition("=")
+            if not sep:
+                raise InvalidArgument(f"env file {path}: expected NAME=VALUE, got {line!r}")
+            env[name.strip()] = value.strip().strip("\"'")
+    for item in items:
+        for pair in item.split(","):
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise InvalidArgument(f"--env expects NAME=VALUE (got {pair!r})")
+            env[name] = value
+    return env
+
+
+def _parse_ready(spec: str | None) -> Any:
+    if spec is None:
+        return None
+    kind, sep, value = spec.partition(":")
+    if sep and kind == "tcp" and value.isdigit():
+        return TcpProbe(int(value))
+    if sep and kind == "file":
+        return FileProbe(value)
+    if sep and kind == "cmd" and value:
+        return CommandProbe(["/bin/sh", "-c", value])
+    raise InvalidArgument(f"--ready expects tcp:PORT, file:PATH or cmd:COMMAND (got {spec!r})")
+
+
+def _parse_signal(text: str) -> int:
+    name = text.upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"unknown signal {text!r}") from None
+
+
+def _instance_name(target: str) -> str:
+    if not target.startswith(_URI):
+        raise InvalidArgument(f"expected instance://NAME (got {target!r})")
+    return target[len(_URI):]
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
+    """Lay out columns as Go's tabwriter (minwidth 0, tabwidth 8, padding 4, spaces)."""
+    widths = [max(len(row[i]) for row in rows) + 4 for i in range(len(rows[0]))] if rows else []
+    lines = []
+    for row, last in zip(rows, trailing):
+        lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)) + last)
+    return "".join(line + "\n" for line in lines)
+
+
+def _go_json(value: object) -> str:
+    """JSON as Go's encoder with SetIndent("", "\\t") writes it."""
+    text = json.dumps(value, indent="\t", ensure_ascii=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escape)
+    return text + "\n"
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _instance_start(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    args_list = list(args.args)
+    if args_list and args_list[0] == "--":
+        args_list = args_list[1:]
+    Instance.start(
+        Image(args.image), args.name, args=args_list, run=args.instance_command == "run",
+        writable_tmpfs=args.writable_tmpfs, binds=args.bind,
+        env=_parse_env(args.env, args.env_file), cleanenv=args.cleanenv, contain=args.contain,
+        hostname=args.hostname, pid_file=args.pid_file, registry=registry,
+        ready=_parse_ready(args.ready), timeout=args.timeout,
+    )
+    log.info("instance started successfully")
+    return 0
+
+
+def _instance_list(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    if args.json and args.logs:
+        raise InvalidArgument("--json and --logs cannot be used together")
+    records = registry.records(args.pattern)
+    if args.json:
+        sys.stdout.write(_go_json({"instances": [
+            {"instance": r.name, "pid": r.pid, "img": r.image, "ip": r.ip,
+             "logErrPath": r.log_err, "logOutPath": r.log_out} for r in records]}))
+    elif args.logs:
+        rows = [["INSTANCE NAME", "PID"]]
+        trailing = ["LOGS"]
+        for r in records:
+            rows += [[r.name, str(r.pid)], ["", ""]]
+            trailing += [r.log_err, r.log_out]
+        sys.stdout.write(tabulate(rows, trailing))
+    else:
+        rows = [["INSTANCE NAME", "PID", "IP"]] + [[r.name, str(r.pid), r.ip] for r in records]
+        trailing = ["IMAGE"] + [r.image for r in records]
+        sys.stdout.write(tabulate(rows, trailing))
+    return 0
+
+
+def _instance_stop(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    if args.all == bool(args.pattern):
+        raise InvalidArgument("give an instance name (or pattern), or --all")
+    pattern = "*" if args.all else args.pattern
+    instances = registry.list(pattern)
+    if not instances:
+        raise NotFound(f"no instance found matching {pattern!r}")
+    for instance in instances:
+        log.info("Stopping %s instance of %s (PID=%d)", instance.name, instance.image.path,
+                 instance.pid)
+    stop_instances(instances, signal=_parse_signal(args.signal), timeout=args.timeout,
+                   force=args.force)
+    return 0
+
+
+def _exec(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    instance = registry.get(_instance_name(args.target))
+    command = list(args.args)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InvalidArgument("exec needs a command to run")
+    return _run_attached(instance, command, _parse_env(args.env), args.pwd)
+
+
+def _run(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    instance = registry.get(_instance_name(args.target))
+    extra = list(args.args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return _run_attached(instance, instance.run_command(extra), _parse_env(args.env), None)
+
+
+def _run_attached(instance: Instance, command: list[str], env: dict[str, str],
+                  cwd: str | None) -> int:
+    """Run with this terminal's stdio; Ctrl-C and friends go to the command."""
+    process = instance.popen(command, env=env, cwd=cwd)
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in
+                (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    try:
+        return _exit_code(process.wait())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _shell(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    instance = registry.get(_instance_name(args.target))
+    shell = "/bin/bash" if os.path.exists(f"/proc/{instance.pid}/root/bin/bash") else "/bin/sh"
+    env = _parse_env(args.env)
+    env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    if not os.isatty(0):
+        return _run_attached(instance, [shell], env, None)
+    return _shell_on_pty(instance, [shell], env)
+
+
+def _copy_window_size(source: int, target: int) -> None:
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(source, termios.TIOCGWINSZ, b"\0" * 8)
+        fcntl.ioctl(target, termios.TIOCSWINSZ, size)
+
+
+def _shell_on_pty(instance: Instance, command: list[str], env: dict[str, str]) -> int:
+    """Relay this terminal to a new pseudo-terminal whose other end the shell owns."""
+    master, slave = pty.openpty()
+    _copy_window_size(0, slave)
+    try:
+        process = instance.popen(command, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                 tty=True)
+    finally:
+        os.close(slave)
+    saved = termios.tcgetattr(0)
+    previous = signal.signal(signal.SIGWINCH, lambda *_: _copy_window_size(0, master))
+    tty.setraw(0)
+    try:
+        while True:
+            try:
+                readable, _, _ = select.select([0, master], [], [])
+            except InterruptedError:
+                continue
+            if master in readable:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the shell closed the terminal
+                    break
+                if not data:
+                    break
+                os.write(1, data)
+            if 0 in readable:
+                data = os.read(0, 65536)
+                if not data:
+                    break
+                os.write(master, data)
+    finally:
+        termios.tcsetattr(0, termios.TCSAFLUSH, saved)
+        signal.signal(signal.SIGWINCH, previous)
+        os.close(master)
+    return _exit_code(process.wait())
+
+
+_COMMANDS = {
+    ("instance", "start"): _instance_start,
+    ("instance", "run"): _instance_start,
+    ("instance", "list"): _instance_list,
+    ("instance", "stop"): _instance_stop,
+    ("exec", None): _exec,
+    ("run", None): _run,
+    ("shell", None): _shell,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.DEBUG if args.debug else logging.ERROR if args.silent
+                 else logging.WARNING if args.quiet else logging.INFO)
+    command = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
+    try:
+        return command(args, InstanceRegistry())
+    except InstanceError as err:
+        log.error("%s", str(err).splitlines()[0] if not args.debug else err)
+        return ERROR_EXIT
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        log.removeHandler(handler)

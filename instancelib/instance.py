@@ -1,0 +1,840 @@
+"""``Instance``: a container image running as a named background service."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import enum
+import logging
+import os
+import selectors
+import signal as signals
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from instancelib import launchplan
+from instancelib.binds import Bind, parse_binds
+from instancelib.environment import check_env
+from instancelib.errors import (
+    ExecError,
+    InvalidArgument,
+    NotFound,
+    StartError,
+    StartTimeout,
+    Timeout,
+)
+from instancelib.image import Image
+from instancelib.linux import client, envscripts, pathwalk, procfs, syscalls, wire
+from instancelib.linux.launch import NAMESPACES
+from instancelib.process import ExecResult, InstanceProcess, raise_exec_failure
+from instancelib.readiness import ReadySpec, as_probe
+from instancelib.registry import InstanceRecord, InstanceRegistry, validate_name
+
+__all__ = ["Instance", "InstanceStatus"]
+
+log = logging.getLogger("instancelib")
+
+_RUNSCRIPT = "/.singularity.d/runscript"
+_KILL_GRACE = 10.0  # how long SIGKILL of PID 1 may take to empty the namespace
+_ERR_TAIL_LINES = 20
+
+
+class InstanceStatus(enum.Enum):
+    """Where an instance is in its life."""
+
+    RUNNING = "running"
+    """PID 1 is up (the service may have exited: the instance then idles)."""
+    STOPPED = "stopped"
+    """PID 1 has exited; nothing of the instance runs."""
+
+
+class _NoPublicConstructor(type):
+    def __call__(cls, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            "Instance has no public constructor: start one with Instance.start(image, name) "
+            "or look one up with InstanceRegistry().get(name)"
+        )
+
+
+class Instance(metaclass=_NoPublicConstructor):
+    """A named instance of a container image, running in the background.
+
+    Obtained from ``Instance.start`` or ``InstanceRegistry.get``/``list``.
+    State is read live: ``is_running()`` and ``status`` look at the process,
+    never at a cached flag.  Methods that signal or enter the instance first
+    check that its PID still belongs to its PID 1 (PID + start time), so a
+    reused PID is never acted on.
+
+    Attributes:
+        name: the instance's name (unique per user and host).
+        pid: the host PID of the instance's PID 1.
+        image: the image it was started from.
+        registry: the registry holding its record.
+    """
+
+    name: str
+    pid: int
+    image: Image
+    registry: InstanceRegistry
+    _record: InstanceRecord
+    _env: dict[str, str] | None
+
+    @classmethod
+    def _from_record(cls, record: InstanceRecord, registry: InstanceRegistry) -> Instance:
+        instance = object.__new__(cls)
+        instance._record = record
+        instance.name = record.name
+        instance.pid = record.pid
+        instance.image = Image._from_record(record.image, record.image_kind)
+        instance.registry = registry
+        instance._env = None
+        return instance
+
+    # -- start ------------------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls,
+        image: Image | str | os.PathLike[str],
+        name: str,
+        *,
+        args: Sequence[str] = (),
+        run: bool = False,
+        writable_tmpfs: bool = False,
+        binds: Sequence[str | Bind] | str = (),
+        env: Mapping[str, str] | None = None,
+        cleanenv: bool = False,
+        contain: bool = False,
+        hostname: str | None = None,
+        pid_file: str | os.PathLike[str] | None = None,
+        registry: InstanceRegistry | None = None,
+        ready: ReadySpec | None = None,
+        timeout: float = 30.0,
+    ) -> Instance:
+        """Start ``image`` as the background instance ``name``.
+
+        Returns once the start script (``run=False``; the instance idles if the
+        image has none) or the run script (``run=True``) has been exec'd inside
+        new mount, PID, UTS and IPC namespaces, and, with ``ready``, once the
+        service answers.
+
+        Args:
+            image: an ``Image`` or a path to one.
+            name: the instance name, ``[a-zA-Z0-9._-]+``.
+            args: arguments for the start/run script.
+            run: run ``/.singularity.d/runscript`` (Singularity's ``instance run``).
+            writable_tmpfs: writable root (overlay on a tmpfs, discarded at stop);
+                otherwise the root is read-only.
+            binds: ``"src[:dst[:ro|rw]]"`` strings (comma-separated lists allowed)
+                or ``Bind`` objects.
+            env: variables set after the image's ``/.singularity.d/env/*.sh``;
+                ``APPEND_PATH``/``PREPEND_PATH`` extend ``PATH``.
+            cleanenv: do not pass the host environment in.
+            contain: private ``$HOME``, ``/tmp``, ``/var/tmp`` and a minimal ``/dev``.
+            hostname: the hostname inside.
+            pid_file: write the host PID of PID 1 here (for systemd ``Type=forking``).
+            registry: where to record the instance (default: the user's).
+            ready: a readiness probe (see ``instancelib.readiness``).
+            timeout: seconds for the whole start, readiness included.
+
+        Raises:
+            InvalidName, InvalidArgument: bad name or option.
+            ImageError: the image cannot be used.
+            NameConflict: an instance of that name is running or starting.
+            StartError: set-up or exec failed (``StartTimeout`` if out of time);
+                nothing of the instance is left behind.
+        """
+        deadline = time.monotonic() + _positive(timeout, "timeout")
+        validate_name(name)
+        if not isinstance(image, Image):
+            image = Image(image)
+        bind_list = parse_binds(binds)
+        probe = as_probe(ready) if ready is not None else None
+        registry = registry if registry is not None else InstanceRegistry()
+        plan = launchplan.build_launch_plan(
+            image, name, args=args, run=run, writable_tmpfs=writable_tmpfs, binds=bind_list,
+            env=env, cleanenv=cleanenv, contain=contain, hostname=hostname, timeout=timeout,
+        )
+        launchplan.ensure_session_dir(plan.session_dir)
+        me = procfs.read_stat(os.getpid())
+        assert me is not None
+        claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
+                               owner_starttime=me.starttime)
+        registry.claim(claim)
+        written = [claim]
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(lambda: registry.remove(written[-1]))
+            out_path, err_path = registry.log_paths(name)
+            out_fd = _open_log(out_path, name)
+            on_failure.callback(os.close, out_fd)
+            err_fd = _open_log(err_path, name)
+            on_failure.callback(os.close, err_fd)
+            err_offset = os.fstat(err_fd).st_size
+            try:
+                launch = _Launch.begin(plan.to_wire(), out_fd, err_fd)
+            except StartError as err:
+                err.name = name
+                raise
+            on_failure.callback(launch.abort)
+            try:
+                launch.wait_until_running(deadline)
+            except StartError as err:
+                err.name = name
+                err.detail = err.detail or _tail(err_path, err_offset)
+                raise
+            service_pid, service_start = _service_identity(launch.init_pid)
+            record = InstanceRecord(
+                name=name, state="running", pid=launch.init_pid, starttime=launch.starttime,
+                image=image.path, image_kind=image.kind, log_out=str(out_path),
+                log_err=str(err_path), started_at=time.time(), uid=os.getuid(),
+                user=plan.user, cwd=launch.cwd, service_pid=service_pid,
+                service_starttime=service_start,
+                options={"run": bool(run), "args": list(plan.args),
+                         "writable_tmpfs": bool(writable_tmpfs), "contain": bool(contain),
+                         "hostname": hostname, "binds": [str(b) for b in bind_list]},
+            )
+            registry.publish(record, launch.env)
+            written.append(record)
+            launch.commit()
+            instance = cls._from_record(record, registry)
+            instance._env = launch.env
+            if probe is not None:
+                launch.wait_until_ready(instance, probe, deadline, err_path, err_offset)
+            if pid_file is not None:
+                _write_pid_file(pid_file, launch.init_pid, name)
+            on_failure.pop_all()
+        launch.close()
+        os.close(out_fd)
+        os.close(err_fd)
+        log.debug("instance %r started (pid %d)", name, launch.init_pid)
+        return instance
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def started_at(self) -> datetime.datetime:
+        """When the instance was started (timezone-aware, UTC)."""
+        return datetime.datetime.fromtimestamp(self._record.started_at, datetime.timezone.utc)
+
+    @property
+    def stdout_path(self) -> Path:
+        """The log file holding the service's standard output."""
+        return Path(self._record.log_out)
+
+    @property
+    def stderr_path(self) -> Path:
+        """The log file holding the service's standard error."""
+        return Path(self._record.log_err)
+
+    @property
+    def ip(self) -> str:
+        """The instance's IP address ("" when it shares the host's network)."""
+        return self._record.ip
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The start options (run, args, writable_tmpfs, contain, hostname, binds)."""
+        return dict(self._record.options)
+
+    def is_running(self) -> bool:
+        """Whether PID 1 is still up (and its PID was not reused by another process)."""
+        return procfs.is_alive(self.pid, self._record.starttime)
+
+    @property
+    def status(self) -> InstanceStatus:
+        """``RUNNING`` or ``STOPPED``, read live."""
+        return InstanceStatus.RUNNING if self.is_running() else InstanceStatus.STOPPED
+
+    def __repr__(self) -> str:
+        state = f"running, pid {self.pid}" if self.is_running() else "stopped"
+        return f"<Instance {self.name!r} of {self.image.path!r}: {state}>"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Instance):
+            return NotImplemented
+        return (self.name, self.pid, self._record.starttime, self.registry) == (
+            other.name, other.pid, other._record.starttime, other.registry)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.pid, self._record.starttime))
+
+    def __enter__(self) -> Instance:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- running commands -------------------------------------------------------------------
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        text: bool = False,
+        tty: bool = False,
+    ) -> InstanceProcess:
+        """Start ``argv`` inside the instance and return at once, like ``subprocess.Popen``.
+
+        ``stdin``/``stdout``/``stderr`` take ``None`` (inherit this process's),
+        ``subprocess.PIPE``, ``subprocess.DEVNULL``, ``subprocess.STDOUT`` (for
+        stderr), a file descriptor or a file object.  The command gets the
+        instance's environment (as its start script did) plus ``env``, and
+        runs in ``cwd`` (default: the start script's directory).  ``tty=True``
+        makes it a session leader with stdin as its controlling terminal.
+
+        Raises:
+            NotFound: the instance is not running.
+            ExecError: the command cannot be started (not found, not executable).
+        """
+        command = _check_argv(argv)
+        if not self.is_running():
+            raise NotFound("the instance is not running", name=self.name)
+        environment = envscripts.apply_overrides(self._environment(), check_env(env))
+        with _Stdio(stdin, stdout, stderr, text) as stdio:
+            status_read, status_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                reply = client.get_forkserver().request(
+                    {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
+                     "namespaces": NAMESPACES, "cwd": cwd or self._record.cwd,
+                     "argv": command, "env": environment, "tty": bool(tty)},
+                    [status_write, *stdio.child_fds],
+                )
+            except BaseException:
+                os.close(status_read)
+                raise
+            finally:
+                os.close(status_write)
+            if not reply.get("ok"):
+                os.close(status_read)
+                raise ExecError(f"cannot start the command: {reply.get('error')}",
+                                name=self.name)
+            first = _read_line(status_read)
+            if not first.startswith("started "):
+                os.close(status_read)
+                raise_exec_failure(first, command, self.name)
+            process = InstanceProcess(command, int(first.split()[1]), status_read,
+                                      *stdio.parent_streams(), instance_name=self.name)
+            stdio.keep_parent_streams()
+        return process
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        input: bytes | str | None = None,
+        timeout: float | None = None,
+        text: bool = True,
+    ) -> ExecResult:
+        """Run ``argv`` inside the instance to completion and capture its output.
+
+        Args:
+            input: data for its standard input (else it reads /dev/null).
+            timeout: seconds; the command is killed when they run out.
+            text: decode the output as UTF-8 (``str``); ``False`` gives ``bytes``.
+
+        Raises:
+            NotFound: the instance is not running.
+            ExecError: the command cannot be started.
+            Timeout: the command ran longer than ``timeout`` (it has been killed).
+        """
+        process = self.popen(argv, stdin=subprocess.PIPE if input is not None else
+                             subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, cwd=cwd)
+        try:
+            out, err = process.communicate(input, timeout)
+        except Timeout:
+            process.kill()
+            process.communicate()
+            raise
+        if text:
+            out, err = out.decode(errors="replace"), err.decode(errors="replace")
+        return ExecResult(process.returncode if process.returncode is not None else -1, out, err)
+
+    def run_command(self, args: Sequence[str] = ()) -> list[str]:
+        """The command line ``run()`` executes: the image's runscript with ``args``.
+
+        As Singularity: the runscript if present (through ``/bin/sh`` unless
+        executable), otherwise ``/bin/sh`` with ``args``.
+        """
+        root = f"/proc/{self.pid}/root"
+        try:
+            canonical, exists = pathwalk.resolve_in_root(root, _RUNSCRIPT)
+        except OSError:
+            exists = False
+        if not exists:
+            return ["/bin/sh", *args]
+        if os.access(root + canonical, os.X_OK):
+            return [_RUNSCRIPT, *args]
+        return ["/bin/sh", _RUNSCRIPT, *args]
+
+    def run(
+        self,
+        args: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        input: bytes | str | None = None,
+        timeout: float | None = None,
+        text: bool = True,
+    ) -> ExecResult:
+        """Run the image's runscript inside the instance (``run instance://NAME``)."""
+        return self.exec(self.run_command(_check_args(args)), env=env, input=input,
+                         timeout=timeout, text=text)
+
+    def _environment(self) -> dict[str, str]:
+        if self._env is None:
+            self._env = self.registry.load_env(self.name)
+        return self._env
+
+    # -- signals and stopping ---------------------------------------------------------------
+
+    def kill(self, signal: int = signals.SIGKILL) -> None:
+        """Send ``signal`` to the instance's PID 1.
+
+        PID 1 forwards SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT and SIGWINCH to the
+        service's process group; SIGINT and SIGTERM to every process of the
+        instance, exiting once they are gone; SIGKILL ends the instance at once.
+
+        Raises:
+            NotFound: the instance is not running.
+        """
+        pidfd = self._pidfd()
+        try:
+            syscalls.pidfd_send_signal(pidfd, _check_signal(signal))
+        finally:
+            os.close(pidfd)
+
+    def stop(self, *, signal: int = signals.SIGINT, timeout: float = 10.0,
+             force: bool = False) -> None:
+        """Stop the instance and wait until nothing of it is left.
+
+        Sends ``signal`` (SIGKILL if ``force``) to PID 1, which passes it to
+        every process of the instance; after ``timeout`` seconds whatever
+        remains is killed.  Returns once PID 1 has exited, which the kernel
+        only allows after every process in the instance is gone, and the
+        instance's record is removed.  Stopping a stopped instance does nothing.
+        """
+        stop_instances([self], signal=signal, timeout=timeout, force=force)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the instance ends.
+
+        Raises:
+            Timeout: it is still running after ``timeout`` seconds.
+        """
+        try:
+            pidfd = self._pidfd()
+        except NotFound:
+            self._forget()
+            return
+        try:
+            if not procfs.wait_pidfd(pidfd, timeout):
+                raise Timeout(f"still running after {timeout:g} s", name=self.name,
+                              pid=self.pid)
+        finally:
+            os.close(pidfd)
+        self._forget()
+
+    def _pidfd(self) -> int:
+        try:
+            return procfs.open_verified_pidfd(self.pid, self._record.starttime)
+        except ProcessLookupError:
+            raise NotFound("the instance is not running", name=self.name,
+                           pid=self.pid) from None
+
+    def _forget(self) -> None:
+        self.registry.remove(self._record)
+
+    # -- logs -------------------------------------------------------------------------------
+
+    def logs(self, *, stderr: bool = False, follow: bool = False,
+             tail: int | None = None) -> Iterator[str]:
+        """The service's output, line by line (without line ends).
+
+        Args:
+            stderr: read the error log instead of the output log.
+            follow: keep reading new lines until the instance ends.
+            tail: start with only the last ``tail`` lines.
+        """
+        if tail is not None and (not isinstance(tail, int) or tail < 0):
+            raise InvalidArgument(f"tail must be a non-negative integer (got {tail!r})")
+        path = self.stderr_path if stderr else self.stdout_path
+        return _follow_log(path, self, follow=follow, tail=tail)
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGINT,
+                   timeout: float = 10.0, force: bool = False) -> None:
+    """Stop several instances at once: signal them all, then wait for all.
+
+    Whatever is still running after ``timeout`` seconds is sent SIGKILL.
+    """
+    sig = signals.SIGKILL if force else _check_signal(signal)
+    _positive(timeout, "timeout", allow_zero=True)
+    pidfds: list[tuple[Instance, int]] = []
+    try:
+        for instance in instances:
+            try:
+                pidfd = instance._pidfd()
+            except NotFound:
+                instance._forget()
+                continue
+            pidfds.append((instance, pidfd))
+            log.debug("stopping instance %r (pid %d)", instance.name, instance.pid)
+            with contextlib.suppress(ProcessLookupError):
+                syscalls.pidfd_send_signal(pidfd, sig)
+        deadline = time.monotonic() + timeout
+        for instance, pidfd in pidfds:
+            if procfs.wait_pidfd(pidfd, max(0.0, deadline - time.monotonic())):
+                continue
+            log.warning("instance %r still running %g s after signal %d: killing it",
+                        instance.name, timeout, sig)
+            with contextlib.suppress(ProcessLookupError):
+                syscalls.pidfd_send_signal(pidfd, signals.SIGKILL)
+            if not procfs.wait_pidfd(pidfd, _KILL_GRACE):
+                raise Timeout("still running after SIGKILL", name=instance.name,
+                              pid=instance.pid)
+    finally:
+        for instance, pidfd in pidfds:
+            os.close(pidfd)
+    for instance, _ in pidfds:
+        instance._forget()
+
+
+# -- start-up conversation with PID 1 ----------------------------------------------------------
+
+
+class _Launch:
+    """The caller's end of one instance start (see ``linux/init.py`` for the other)."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self.init_pid = 0
+        self.starttime = 0
+        self.pidfd = -1
+        self.env: dict[str, str] = {}
+        self.cwd = "/"
+        self.service_status: int | None = None
+
+    @classmethod
+    def begin(cls, plan: dict[str, Any], out_fd: int, err_fd: int) -> _Launch:
+        ours, theirs = client.new_channel()
+        launch = cls(ours)
+        try:
+            reply = client.get_forkserver().request({"op": "start", "plan": plan},
+                                                    [theirs.fileno(), out_fd, err_fd])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if reply.get("error"):
+            ours.close()
+            raise StartError(f"the launcher failed: {reply['error']}", errno=reply.get("errno"))
+        return launch
+
+    def _receive(self, deadline: float) -> dict[str, Any] | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout
+        self.channel.settimeout(remaining)
+        message, fds = wire.recv_message(self.channel)
+        for fd in fds:
+            os.close(fd)
+        return message
+
+    def wait_until_running(self, deadline: float) -> None:
+        """Wait for PID 1's host PID and its "ready" report (or its error)."""
+        ready = None
+        while ready is None or not self.init_pid:
+            try:
+                message = self._receive(deadline)
+            except (socket.timeout, TimeoutError):
+                raise StartTimeout("the instance did not finish setting up in time") from None
+            if message is None:
+                raise StartError("the instance's PID 1 exited during set-up")
+            event = message.get("event")
+            if event == "init":
+                self._adopt(int(message["pid"]))
+            elif event == "ready":
+                ready = message
+            elif event == "error":
+                raise StartError(message.get("message") or "set-up failed",
+                                 step=message.get("step"), errno=message.get("errno"),
+                                 path=message.get("path"))
+        self.env = {str(k): str(v) for k, v in ready["env"].items()}
+        self.cwd = str(ready["cwd"])
+
+    def _adopt(self, pid: int) -> None:
+        self.init_pid = pid
+        with contextlib.suppress(ProcessLookupError):
+            self.pidfd = os.pidfd_open(pid)
+        stat = procfs.read_stat(pid)
+        if self.pidfd < 0 or stat is None:
+            raise StartError("the instance's PID 1 exited during set-up")
+        self.starttime = stat.starttime
+
+    def commit(self) -> None:
+        """Tell PID 1 the record is on disk: from now on it runs on its own."""
+        wire.send_message(self.channel, {"event": "commit"})
+
+    def wait_until_ready(self, instance: Instance, probe: Any, deadline: float,
+                         err_path: Path, err_offset: int) -> None:
+        delay = 0.002
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.channel, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if probe.check(instance, max(remaining, 0.0)):
+                    return
+                if not instance.is_running():
+                    raise StartError("the instance ended before it was ready", name=instance.name,
+                                     detail=_tail(err_path, err_offset))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartTimeout(f"the service was not ready within the timeout "
+                                       f"({probe!r})", name=instance.name,
+                                       detail=_tail(err_path, err_offset))
+                if selector.select(min(delay, remaining)):
+                    self._note_service_exit(instance, err_path, err_offset)
+                delay = min(delay * 2, 0.1)
+
+    def _note_service_exit(self, instance: Instance, err_path: Path, err_offset: int) -> None:
+        self.channel.settimeout(0.0)
+        try:
+            message, _ = wire.recv_message(self.channel)
+        except (BlockingIOError, socket.timeout):
+            return
+        if message is not None and message.get("event") == "service_exit":
+            status = int(message["status"])
+            if status != 0:
+                raise StartError(f"the service exited with status {status} before it was ready",
+                                 name=instance.name, detail=_tail(err_path, err_offset))
+
+    def abort(self) -> None:
+        """Kill PID 1 (and so everything in the instance) and wait for it to be gone."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                syscalls.pidfd_send_signal(self.pidfd, signals.SIGKILL)
+            procfs.wait_pidfd(self.pidfd, _KILL_GRACE)
+        self.close()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.channel.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class _Stdio:
+    """Turn subprocess-style stdio arguments into fds for the child and streams for us."""
+
+    def __init__(self, stdin: Any, stdout: Any, stderr: Any, text: bool) -> None:
+        self.text = text
+        self.child_fds: list[int] = []
+        self._parent: list[IO[Any] | None] = [None, None, None]
+        self._to_close: list[int] = []
+        self._keep = False
+        for index, spec in enumerate((stdin, stdout, stderr)):
+            self.child_fds.append(self._child_fd(index, spec))
+
+    def _child_fd(self, index: int, spec: Any) -> int:
+        if spec is None:
+            return index
+        if spec == subprocess.PIPE:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            child, parent = (read_end, write_end) if index == 0 else (write_end, read_end)
+            self._to_close.append(child)
+            stream: IO[Any]
+            if self.text:
+                stream = open(parent, "w" if index == 0 else "r", encoding="utf-8",  # noqa: SIM115
+                              errors="replace")
+            else:
+                stream = open(parent, "wb" if index == 0 else "rb", buffering=0)  # noqa: SIM115
+            self._parent[index] = stream
+            return child
+        if spec == subprocess.DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self._to_close.append(fd)
+            return fd
+        if spec == subprocess.STDOUT:
+            if index != 2:
+                raise InvalidArgument("subprocess.STDOUT is only valid for stderr")
+            return self.child_fds[1]
+        if isinstance(spec, int) and spec >= 0:
+            return spec
+        if hasattr(spec, "fileno"):
+            return int(spec.fileno())
+        raise InvalidArgument(f"unsupported stdio argument {spec!r}")
+
+    def parent_streams(self) -> tuple[IO[Any] | None, IO[Any] | None, IO[Any] | None]:
+        return self._parent[0], self._parent[1], self._parent[2]
+
+    def keep_parent_streams(self) -> None:
+        self._keep = True
+
+    def __enter__(self) -> _Stdio:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in self._to_close:
+            os.close(fd)
+        if not self._keep:  # popen failed: nobody will read these
+            for stream in self._parent:
+                if stream is not None:
+                    stream.close()
+
+
+def _read_line(fd: int, timeout: float = 60.0) -> str:
+    """The joiner's first status line (it comes within milliseconds)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise ExecError("no answer from the fork-server's joiner")
+            chunk = os.read(fd, 1)  # byte by byte: later lines belong to InstanceProcess
+            if not chunk:
+                return "error 0 the joiner exited without reporting"
+            data += chunk
+    return data.decode().rstrip("\n")
+
+
+def _check_argv(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, str):
+        raise InvalidArgument(f"argv must be a list of strings, not a string (got {argv!r}); "
+                              f"to run a shell command use ['sh', '-c', {argv!r}]")
+    command = list(argv)
+    if not command:
+        raise InvalidArgument("argv must not be empty")
+    return list(_check_args(command))
+
+
+def _check_args(args: Sequence[str]) -> tuple[str, ...]:
+    checked = tuple(args)
+    for arg in checked:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise InvalidArgument(f"arguments must be strings without NUL bytes (got {arg!r})")
+    return checked
+
+
+def _check_signal(sig: int) -> int:
+    valid = {int(s) for s in signals.valid_signals()}
+    if not isinstance(sig, int) or int(sig) not in valid or int(sig) == 0:
+        raise InvalidArgument(f"not a signal number: {sig!r}")
+    return int(sig)
+
+
+def _positive(value: float, what: str, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        value < 0 if allow_zero else value <= 0
+    ):
+        raise InvalidArgument(f"{what} must be a positive number of seconds (got {value!r})")
+    return float(value)
+
+
+def _open_log(path: Path, name: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StartError("cannot open the log file", name=name, path=str(path),
+                         errno=err.errno) from err
+
+
+def _write_pid_file(path: str | os.PathLike[str], pid: int, name: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644)
+    except OSError as err:
+        raise StartError("cannot write the pid file", name=name, path=os.fspath(path),
+                         errno=err.errno) from err
+    try:
+        os.write(fd, f"{pid}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def _service_identity(init_pid: int) -> tuple[int, int]:
+    for pid in procfs.children_of(init_pid):
+        stat = procfs.read_stat(pid)
+        if stat is not None:
+            return pid, stat.starttime
+    return 0, 0
+
+
+def _tail(path: Path, offset: int, lines: int = _ERR_TAIL_LINES) -> str | None:
+    """The last lines written to ``path`` after ``offset`` (what this start wrote)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return None
+    text = data.decode(errors="replace").rstrip()
+    if not text:
+        return None
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _follow_log(path: Path, instance: Instance, *, follow: bool,
+                tail: int | None) -> Iterator[str]:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 (closed in finally below)
+    except FileNotFoundError:
+        return
+    pidfd = -1
+    try:
+        if tail is not None:
+            yield from (line.decode(errors="replace") for line in
+                        deque((raw.rstrip(b"\n") for raw in handle), maxlen=tail))
+            pending = b""
+        else:
+            pending = b""
+            for raw in handle:
+                if raw.endswith(b"\n"):
+                    yield raw[:-1].decode(errors="replace")
+                else:
+                    pending = raw
+        if not follow:
+            if pending:
+                yield pending.decode(errors="replace")
+            return
+        try:
+            pidfd = instance._pidfd()
+        except NotFound:
+            pidfd = -1
+        while True:
+            ended = pidfd < 0 or procfs.wait_pidfd(pidfd, 0.1)
+            chunk = handle.read()
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode(errors="replace")
+            if ended:
+                if pending:
+                    yield pending.decode(errors="replace")
+                return
+    finally:
+        handle.close()
+        if pidfd >= 0:
+            os.close(pidfd)

@@ -1,0 +1,202 @@
+"""Turn ``Instance.start`` options into the plan the instance's PID 1 carries out.
+
+All decisions are made here, in the caller, where errors can be raised as
+typed exceptions before anything is started: which paths are bound where,
+read-only or not, which directories are private, the environment to start
+from, the command.  The plan crosses to the fork-server as JSON
+(``LaunchPlan.to_wire``); PID 1 then executes it step by step without
+deciding anything (see ``instancelib.linux.container``).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from instancelib import environment
+from instancelib.binds import Bind
+from instancelib.errors import InvalidArgument, StartError
+from instancelib.image import Image
+
+__all__ = ["SESSION_SIZE", "LaunchPlan", "MountOp", "build_launch_plan", "session_dir"]
+
+# Size of the per-instance staging tmpfs: it holds the writable-tmpfs upper
+# layer, as Apptainer's "sessiondir max size = 64" (MiB) does.
+SESSION_SIZE = "64m"
+# Private directories of a contained instance (``contain=True``).
+CONTAINED_TMPFS = "mode=1777,size=64m"
+
+# Host files bound into every instance when they exist (read-only).
+SYSTEM_FILE_BINDS = ("/etc/hosts", "/etc/localtime", "/etc/resolv.conf")
+
+
+@attrs.frozen(kw_only=True)
+class MountOp:
+    """One mount PID 1 performs, in plan order.
+
+    ``op`` is one of ``proc``, ``sysfs``, ``bind``, ``tmpfs``, ``minimal_dev``.
+    """
+
+    op: str
+    target: str
+    source: str | None = None
+    recursive: bool = True
+    readonly: bool = False
+    optional: bool = False
+    options: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class LaunchPlan:
+    """Everything PID 1 needs to build and start the instance."""
+
+    name: str
+    user: str
+    hostname: str | None
+    session_dir: str
+    rootfs: dict[str, Any]
+    writable_tmpfs: bool
+    mounts: tuple[MountOp, ...]
+    env_base: dict[str, str]
+    env_overrides: dict[str, str]
+    env_runtime: dict[str, str]
+    cwd: tuple[str, ...]
+    command_kind: str
+    args: tuple[str, ...]
+    timeout: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "user": self.user,
+            "hostname": self.hostname,
+            "session_dir": self.session_dir,
+            "session_size": SESSION_SIZE,
+            "rootfs": self.rootfs,
+            "writable_tmpfs": self.writable_tmpfs,
+            "mounts": [op.to_wire() for op in self.mounts],
+            "env": {"base": self.env_base, "overrides": self.env_overrides,
+                    "runtime": self.env_runtime},
+            "cwd": list(self.cwd),
+            "command": {"kind": self.command_kind, "args": list(self.args)},
+            "timeout": self.timeout,
+        }
+
+
+def session_dir() -> str:
+    """The empty directory PID 1 mounts its staging tmpfs on (inside its own namespace).
+
+    It is never mounted on in the host's view; it only needs to exist.
+    """
+    if os.geteuid() == 0:
+        return "/run/instancelib/session"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = runtime if runtime and os.path.isdir(runtime) else f"/tmp/instancelib-{os.getuid()}"
+    return os.path.join(base, "instancelib", "session")
+
+
+def ensure_session_dir(path: str) -> None:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise StartError("cannot create the session directory", path=path,
+                         errno=err.errno) from err
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise StartError("the session directory is not a plain directory", path=path)
+
+
+def _check_hostname(hostname: str | None) -> str | None:
+    if hostname is None:
+        return None
+    if not isinstance(hostname, str) or not 0 < len(hostname) <= 64 or any(
+        not (c.isalnum() or c in "-.") for c in hostname
+    ):
+        raise InvalidArgument(f"hostname must be 1-64 letters, digits, '-' or '.' "
+                              f"(got {hostname!r})")
+    return hostname
+
+
+def _check_args(args: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(args, str):
+        raise InvalidArgument(f"args must be a list of strings, not a string (got {args!r})")
+    checked = tuple(args)
+    for arg in checked:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise InvalidArgument(f"each argument must be a string without NUL bytes "
+                                  f"(got {arg!r})")
+    return checked
+
+
+def _default_mounts(*, contain: bool, home: str) -> list[MountOp]:
+    mounts = [MountOp(op="proc", target="/proc"), MountOp(op="sysfs", target="/sys")]
+    if contain:
+        mounts.append(MountOp(op="minimal_dev", target="/dev"))
+        for private in dict.fromkeys((home, "/tmp", "/var/tmp")):
+            mounts.append(MountOp(op="tmpfs", target=private, options=CONTAINED_TMPFS))
+    else:
+        mounts.append(MountOp(op="bind", source="/dev", target="/dev"))
+        for shared in dict.fromkeys((home, "/tmp", "/var/tmp")):
+            mounts.append(MountOp(op="bind", source=shared, target=shared, optional=True))
+    for path in SYSTEM_FILE_BINDS:
+        mounts.append(MountOp(op="bind", source=path, target=path, recursive=False,
+                              readonly=True, optional=True))
+    return mounts
+
+
+def build_launch_plan(
+    image: Image,
+    name: str,
+    *,
+    args: Sequence[str],
+    run: bool,
+    writable_tmpfs: bool,
+    binds: Sequence[Bind],
+    env: Mapping[str, str] | None,
+    cleanenv: bool,
+    contain: bool,
+    hostname: str | None,
+    timeout: float,
+    host_env: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    """Validate the start options and resolve them into a ``LaunchPlan``.
+
+    Raises:
+        InvalidArgument: a malformed option.
+        StartError: a user bind whose source does not exist.
+    """
+    host = dict(os.environ if host_env is None else host_env)
+    entry = pwd.getpwuid(os.getuid())
+    home = host.get("HOME") or entry.pw_dir
+    overrides = environment.prefixed_overrides(host)
+    overrides.update(environment.check_env(env))
+    mounts = _default_mounts(contain=contain, home=home)
+    for bind in binds:
+        if not os.path.exists(bind.source):
+            raise StartError(f"bind source {bind.source} does not exist", path=bind.source,
+                             step=f"bind {bind}")
+        mounts.append(MountOp(op="bind", source=bind.source, target=bind.destination,
+                              readonly=bind.read_only))
+    cwd = os.getcwd() if not contain else home
+    return LaunchPlan(
+        name=name,
+        user=entry.pw_name,
+        hostname=_check_hostname(hostname),
+        session_dir=session_dir(),
+        rootfs=image.rootfs_plan(),
+        writable_tmpfs=bool(writable_tmpfs),
+        mounts=tuple(mounts),
+        env_base=environment.base_environment(host, cleanenv=cleanenv, home=home),
+        env_overrides=overrides,
+        env_runtime=environment.runtime_variables(name, image.path),
+        cwd=tuple(dict.fromkeys((cwd, home, "/"))),
+        command_kind="run" if run else "start",
+        args=_check_args(args),
+        timeout=float(timeout),
+    )

@@ -1,0 +1,130 @@
+"""The caller's side of the fork-server (see ``forkserver``).
+
+One server per caller process, started on first use and shared by all its
+threads (requests are serialised by a lock; each one only costs a fork on
+the server's side).  A forked caller gets a new server of its own: sharing
+one socket between two processes would interleave their requests.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from instancelib.errors import StartError, Unsupported
+from instancelib.linux import wire
+
+__all__ = ["ForkServer", "get_forkserver"]
+
+log = logging.getLogger("instancelib")
+
+# The server runs in an isolated interpreter (-I -S: no site-packages, no
+# PYTHON* variables) that imports ``instancelib.linux`` without running
+# ``instancelib/__init__.py`` (which pulls in attrs, psutil...): the package
+# is registered as an empty module whose __path__ points at our sources.
+_BOOTSTRAP = (
+    "import sys\n"
+    "pkg = type(sys)('instancelib')\n"
+    "pkg.__path__ = [sys.argv[1]]\n"
+    "sys.modules['instancelib'] = pkg\n"
+    "from instancelib.linux import forkserver\n"
+    "forkserver.main(int(sys.argv[2]))\n"
+)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ForkServer:
+    """A running fork-server and the socket to it."""
+
+    def __init__(self) -> None:
+        ours, theirs = wire.socketpair()
+        debug = bool(os.environ.get("INSTANCELIB_DEBUG"))
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _BOOTSTRAP, _PACKAGE_DIR,
+                 str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL,
+                start_new_session=True,  # terminal signals (Ctrl-C) are not for it
+            )
+        except OSError as err:
+            ours.close()
+            raise Unsupported(f"cannot start the fork-server ({sys.executable})",
+                              errno=err.errno) from err
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.owner_pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def request(self, message: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        """Send one request and return the server's reply."""
+        with self._lock:
+            try:
+                wire.send_message(self.sock, message, fds)
+                reply, _ = wire.recv_message(self.sock)
+            except OSError as err:
+                reply = None
+                log.debug("fork-server request failed: %s", err)
+        if reply is None:
+            code = self.process.poll()
+            raise StartError(f"the fork-server died (exit status {code}); "
+                             "set INSTANCELIB_DEBUG=1 to see its output")
+        return reply
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_server: ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def get_forkserver() -> ForkServer:
+    """The fork-server of this process, started if needed."""
+    global _server
+    with _server_lock:
+        if _server is None or not _server.alive() or _server.owner_pid != os.getpid():
+            _server = ForkServer()
+        return _server
+
+
+def _forget_after_fork() -> None:
+    global _server, _server_lock
+    if _server is not None:
+        with contextlib.suppress(OSError):
+            _server.sock.close()
+    _server = None
+    _server_lock = threading.Lock()
+
+
+def _shutdown() -> None:
+    if _server is not None and _server.owner_pid == os.getpid():
+        _server.close()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+atexit.register(_shutdown)
+
+
+def new_channel() -> tuple[socket.socket, socket.socket]:
+    """A (caller end, instance end) pair for a start-up conversation."""
+    return wire.socketpair()

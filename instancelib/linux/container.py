@@ -1,0 +1,378 @@
+"""Assemble an instance's root filesystem and pivot into it.
+
+Run by the instance's PID 1, inside its new mount namespace, on a plan the
+caller already validated (see ``instancelib.launchplan``): this module makes
+no policy decisions, it carries out mount operations in order and names the
+step, the user's path and the errno when one fails.
+
+The sequence (``setup_container``):
+
+1. make every mount a slave, so nothing we mount propagates to the host;
+2. mount a small tmpfs on the session directory (staging area);
+3. bind the image there and build the root: a read-only bind, or an overlay
+   with a tmpfs upper layer (``writable_tmpfs``), or a read-only overlay with
+   a "skeleton" layer that supplies missing mount points;
+4. carry out the plan's mounts (/proc, /sys, /dev, binds, tmpfs) onto targets
+   resolved inside the new root (see ``pathwalk``);
+5. set the hostname, pivot_root into the new root, detach the old one.
+
+Only the standard library is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from instancelib.linux import pathwalk, syscalls
+from instancelib.linux.syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_SLAVE,
+)
+
+__all__ = ["SetupError", "setup_container"]
+
+_ST_RELATIME = 4096
+_MS_RELATIME = 1 << 21
+_MS_NOATIME = 1024
+_MS_NODIRATIME = 2048
+
+# Device nodes of a minimal /dev (``contain=True``), bind-mounted from the host.
+_MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_MINIMAL_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
+
+
+class SetupError(Exception):
+    """A set-up step failed; ``step`` names it, ``path`` is the user's path."""
+
+    def __init__(self, step: str, message: str, *, errno: int | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+        self.errno = errno
+        self.path = path
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"step": self.step, "message": self.message, "errno": self.errno,
+                "path": self.path}
+
+
+def _step(name: str, path: str | None = None) -> Callable[[OSError], SetupError]:
+    def wrap(err: OSError) -> SetupError:
+        return SetupError(name, err.strerror or str(err), errno=err.errno, path=path)
+    return wrap
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def setup_container(plan: dict[str, Any]) -> None:
+    """Build the root filesystem described by ``plan`` and pivot into it."""
+    session = plan["session_dir"]
+    make_mounts_slave()
+    mount_session(session, plan["session_size"])
+    root = os.path.join(session, "root")
+    root_fd = mount_root(plan, session, root)
+    try:
+        for op in plan["mounts"]:
+            apply_mount(root_fd, root, op, writable=plan["writable_tmpfs"])
+        if plan.get("hostname"):
+            set_hostname(plan["hostname"])
+        pivot_to_root(root_fd)
+    finally:
+        os.close(root_fd)
+
+
+def make_mounts_slave() -> None:
+    """Stop mount events from propagating back to the host (they still flow in)."""
+    try:
+        syscalls.mount(None, "/", None, MS_REC | MS_SLAVE)
+    except OSError as err:
+        raise _step("make / a slave mount")(err) from err
+
+
+def mount_session(session: str, size: str) -> None:
+    """Mount the staging tmpfs; it only exists inside this mount namespace."""
+    try:
+        syscalls.mount("tmpfs", session, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={size}")
+    except OSError as err:
+        raise _step("mount session tmpfs", session)(err) from err
+
+
+def mount_root(plan: dict[str, Any], session: str, root: str) -> int:
+    """Mount the image at ``root`` (read-only, overlaid, or with a skeleton); return its fd."""
+    image = plan["rootfs"]["path"]
+    lower = os.path.join(session, "lower")
+    os.mkdir(lower)
+    os.mkdir(root)
+    try:
+        syscalls.mount(image, lower, None, MS_BIND | MS_REC)
+    except OSError as err:
+        raise _step("bind the image", image)(err) from err
+    if plan["writable_tmpfs"]:
+        upper, work = os.path.join(session, "upper"), os.path.join(session, "work")
+        os.mkdir(upper)
+        os.mkdir(work)
+        _mount_overlay(root, f"lowerdir={lower},upperdir={upper},workdir={work}", image)
+    else:
+        missing = _missing_mount_points(lower, plan["mounts"])
+        if missing:
+            skeleton = os.path.join(session, "skeleton")
+            _build_skeleton(skeleton, lower, missing)
+            _mount_overlay(root, f"lowerdir={skeleton}:{lower}", image)
+        else:
+            try:
+                syscalls.mount(lower, root, None, MS_BIND | MS_REC)
+            except OSError as err:
+                raise _step("bind the image", image)(err) from err
+            _make_readonly(root, recursive=True, step="make the image read-only", user_path=image)
+    return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _mount_overlay(root: str, options: str, image: str) -> None:
+    try:
+        syscalls.mount("overlay", root, "overlay", 0, options)
+    except OSError as err:
+        raise _step("mount overlay on the image", image)(err) from err
+
+
+def _target_is_dir(op: dict[str, Any]) -> bool:
+    if op["op"] == "bind":
+        return os.path.isdir(op["source"])
+    return True
+
+
+def _missing_mount_points(lower: str, mounts: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """In-image paths of mount targets the image lacks, with whether each is a directory."""
+    missing = []
+    for op in mounts:
+        if op["op"] == "bind" and not os.path.exists(op["source"]):
+            continue  # reported (or skipped, if optional) when the bind is applied
+        try:
+            canonical, exists = pathwalk.resolve_in_root(lower, op["target"])
+        except OSError as err:
+            raise _step("resolve mount point", op["target"])(err) from err
+        if not exists:
+            missing.append((canonical, _target_is_dir(op)))
+    return missing
+
+
+def _build_skeleton(skeleton: str, lower: str, missing: list[tuple[str, bool]]) -> None:
+    """A layer holding only the missing mount points, stacked above the image.
+
+    Overlayfs takes a directory's owner and mode from the topmost layer that
+    has it, so every directory created here copies them from the image.
+    """
+    os.mkdir(skeleton)
+    fd = os.open(skeleton, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for canonical, is_dir in missing:
+            pathwalk.create_in_root(fd, canonical, directory=is_dir)
+    finally:
+        os.close(fd)
+    for canonical, _ in missing:
+        parts = [p for p in canonical.split("/") if p]
+        for depth in range(1, len(parts) + 1):
+            relative = os.path.join(*parts[:depth])
+            try:
+                info = os.lstat(os.path.join(lower, relative))
+            except OSError:
+                break
+            if stat.S_ISDIR(info.st_mode):
+                made = os.path.join(skeleton, relative)
+                os.chmod(made, stat.S_IMODE(info.st_mode))
+                os.chown(made, info.st_uid, info.st_gid)
+    root_info = os.stat(lower)
+    os.chmod(skeleton, stat.S_IMODE(root_info.st_mode))
+
+
+def _open_target(root_fd: int, root: str, op: dict[str, Any], writable: bool) -> int:
+    target = op["target"]
+    try:
+        canonical, exists = pathwalk.resolve_in_root(root, target)
+        if not exists:
+            if not writable:
+                raise FileNotFoundError(2, "mount point does not exist in the image", target)
+            pathwalk.create_in_root(root_fd, canonical, directory=_target_is_dir(op))
+        return pathwalk.open_in_root(root_fd, canonical)
+    except OSError as err:
+        raise _step(f"prepare mount point {target}", target)(err) from err
+
+
+def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool) -> None:
+    """Carry out one mount operation of the plan onto a target inside the root."""
+    kind = op["op"]
+    target = op["target"]
+    if kind == "bind" and not os.path.exists(op["source"]):
+        if op.get("optional"):
+            return
+        raise SetupError(f"bind {op['source']} to {target}", "bind source does not exist",
+                         errno=2, path=op["source"])
+    fd = _open_target(root_fd, root, op, writable)
+    try:
+        if kind == "proc":
+            _mount(f"mount /proc on {target}", "proc", fd, "proc",
+                   MS_NOSUID | MS_NODEV | MS_NOEXEC, None, target)
+        elif kind == "sysfs":
+            _mount_sysfs(fd, target)
+        elif kind == "tmpfs":
+            _mount(f"mount tmpfs on {target}", "tmpfs", fd, "tmpfs", MS_NOSUID | MS_NODEV,
+                   op.get("options"), target)
+        elif kind == "bind":
+            _bind(op, fd, root_fd, root)
+        elif kind == "minimal_dev":
+            _mount_minimal_dev(fd, root_fd, root, target)
+        else:
+            raise SetupError("mount", f"unknown mount operation {kind!r}")
+    finally:
+        os.close(fd)
+
+
+def _mount(step: str, source: str | None, fd: int, fstype: str | None, flags: int,
+           data: str | None, path: str) -> None:
+    try:
+        syscalls.mount(source, _fd_path(fd), fstype, flags, data)
+    except OSError as err:
+        raise _step(step, path)(err) from err
+
+
+def _reopen(root_fd: int, root: str, target: str) -> int:
+    """Open ``target`` again: an fd opened before a mount still points below it."""
+    canonical, _ = pathwalk.resolve_in_root(root, target)
+    return pathwalk.open_in_root(root_fd, canonical)
+
+
+def _bind(op: dict[str, Any], fd: int, root_fd: int, root: str) -> None:
+    source, target = op["source"], op["target"]
+    step = f"bind {source} to {target}"
+    flags = MS_BIND | (MS_REC if op.get("recursive", True) else 0)
+    try:
+        src_fd = os.open(source, getattr(os, "O_PATH", 0o10000000) | os.O_CLOEXEC)
+    except OSError as err:
+        raise _step(step, source)(err) from err
+    try:
+        syscalls.mount(_fd_path(src_fd), _fd_path(fd), None, flags)
+    except OSError as err:
+        raise _step(step, source)(err) from err
+    finally:
+        os.close(src_fd)
+    if op.get("readonly"):
+        mounted = _reopen(root_fd, root, target)
+        try:
+            _make_readonly(_fd_path(mounted), recursive=bool(flags & MS_REC),
+                           step=f"make {target} read-only", user_path=target)
+        finally:
+            os.close(mounted)
+
+
+def _make_readonly(path: str, *, recursive: bool, step: str, user_path: str) -> None:
+    try:
+        syscalls.mount_setattr_readonly(path, recursive=recursive)
+        return
+    except OSError as err:
+        if err.errno not in (38, 22):  # ENOSYS (Linux < 5.12), EINVAL
+            raise _step(step, user_path)(err) from err
+    # Fallback: remount the top mount only, keeping the flags the kernel locks.
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | _locked_flags(path)
+    try:
+        syscalls.mount(None, path, None, flags)
+    except OSError as err:
+        raise _step(step, user_path)(err) from err
+
+
+def _locked_flags(path: str) -> int:
+    vfs = os.statvfs(path)
+    flags = 0
+    for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+                             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, _MS_NOATIME),
+                             (os.ST_NODIRATIME, _MS_NODIRATIME), (_ST_RELATIME, _MS_RELATIME)):
+        if vfs.f_flag & st_flag:
+            flags |= ms_flag
+    return flags
+
+
+def _mount_sysfs(fd: int, target: str) -> None:
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY
+    try:
+        syscalls.mount("sysfs", _fd_path(fd), "sysfs", flags)
+    except OSError as err:
+        if err.errno not in (1, 13):  # EPERM/EACCES: not the owner of the network namespace
+            raise _step(f"mount /sys on {target}", target)(err) from err
+        _mount(f"bind /sys on {target}", "/sys", fd, None, MS_BIND | MS_REC, None, target)
+
+
+def _mount_minimal_dev(fd: int, root_fd: int, root: str, target: str) -> None:
+    """A tmpfs /dev with the usual device nodes, its own devpts and /dev/shm."""
+    _mount(f"mount tmpfs on {target}", "tmpfs", fd, "tmpfs", MS_NOSUID | MS_NOEXEC,
+           "mode=0755,size=512k", target)
+    dev = _reopen(root_fd, root, target)
+    try:
+        for name in _MINIMAL_DEVICES:
+            host = f"/dev/{name}"
+            if not os.path.exists(host):
+                continue
+            os.close(os.open(name, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dev))
+            node = pathwalk.open_in_root(dev, name)
+            try:
+                syscalls.mount(host, _fd_path(node), None, MS_BIND)
+            except OSError as err:
+                raise _step(f"bind {host} into {target}", host)(err) from err
+            finally:
+                os.close(node)
+        for name in ("pts", "shm"):
+            os.mkdir(name, 0o755, dir_fd=dev)
+        pts = pathwalk.open_in_root(dev, "pts")
+        try:
+            _mount(f"mount devpts on {target}/pts", "devpts", pts, "devpts",
+                   MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", target)
+        finally:
+            os.close(pts)
+        shm = pathwalk.open_in_root(dev, "shm")
+        try:
+            _mount(f"mount tmpfs on {target}/shm", "tmpfs", shm, "tmpfs",
+                   MS_NOSUID | MS_NODEV, "mode=1777", target)
+        finally:
+            os.close(shm)
+        for name, link in _MINIMAL_LINKS.items():
+            os.symlink(link, name, dir_fd=dev)
+    except OSError as err:
+        raise _step(f"populate minimal {target}", target)(err) from err
+    finally:
+        os.close(dev)
+
+
+def set_hostname(hostname: str) -> None:
+    try:
+        syscalls.sethostname(hostname)
+    except OSError as err:
+        raise _step("set hostname")(err) from err
+
+
+def pivot_to_root(root_fd: int) -> None:
+    """Make the assembled root ``/`` and detach the host's tree from this namespace."""
+    try:
+        os.fchdir(root_fd)
+        # pivot_root(".", ".") stacks the old root on top of the new one; the
+        # umount then removes it, with no put_old directory needed in the image.
+        syscalls.pivot_root(".", ".")
+        syscalls.umount2(".", MNT_DETACH)
+        os.chdir("/")
+    except OSError as err:
+        raise _step("pivot_root into the image")(err) from err

@@ -1,0 +1,53 @@
+"""Messages between the caller, the fork-server and an instance's PID 1.
+
+Each message is one JSON object in one ``SOCK_SEQPACKET`` datagram, with
+file descriptors attached as ``SCM_RIGHTS``.  Datagram boundaries make framing
+free, and a closed peer reads as an empty datagram (EOF), which is how a
+starting instance notices that its caller died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "socketpair"]
+
+MAX_MESSAGE = 1 << 20
+_MAX_FDS = 16
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of close-on-exec ``SOCK_SEQPACKET`` sockets."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def send_message(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    """Send ``message`` (JSON-serialisable) with ``fds`` attached."""
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """Receive one message; ``(None, [])`` when the peer has closed its end."""
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, _MAX_FDS)
+    if not data:
+        for fd in fds:
+            _close_quietly(fd)
+        return None, []
+    message = json.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("protocol message is not a JSON object")
+    return message, list(fds)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,383 @@
+"""The per-user registry of running instances: one JSON file per instance.
+
+Layout (``root`` is ``$INSTANCELIB_HOME`` or ``~/.instancelib``)::
+
+    root/instances/<hostname>/<name>.json   the record (what ``instance list`` shows)
+    root/instances/<hostname>/<name>.env    the instance's environment, for exec
+    root/instances/<hostname>/.lock         serialises claims and prunes
+    root/logs/<hostname>/<name>.out|.err    the service's output (appended)
+
+Directories are 0700 and files 0600.  A record is written to a temporary file,
+fsynced and renamed into place, so a reader sees the old or the new record,
+never half of one.  A name is claimed under the lock: if a live record holds
+it, the claim fails with ``NameConflict``; exactly one of N concurrent starts
+of a name wins.  A record whose process has ended (or whose PID now belongs
+to another process: the start time differs) is removed when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import fnmatch
+import json
+import os
+import re
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from instancelib.errors import InvalidName, NameConflict, NotFound, RegistryError
+from instancelib.linux import procfs
+
+if TYPE_CHECKING:
+    from instancelib.instance import Instance
+
+__all__ = ["InstanceRecord", "InstanceRegistry", "validate_name"]
+
+SCHEMA = 1
+_NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
+_MAX_RECORD = 1 << 20
+
+
+def validate_name(name: object) -> str:
+    """Check an instance name against Singularity's rule; return it.
+
+    Raises:
+        InvalidName: not a string of ``[a-zA-Z0-9._-]``, empty, ``.``/``..``,
+            or longer than 128 characters.
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or len(name) > 128:
+        raise InvalidName(
+            f"instance name must match [a-zA-Z0-9._-]+ (not '.' or '..', at most 128 "
+            f"characters); got {name!r}"
+        )
+    return name
+
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0 (got {value})")
+
+
+@attrs.frozen(kw_only=True)
+class InstanceRecord:
+    """What the registry stores about one instance.
+
+    ``state`` is ``"starting"`` while ``Instance.start`` runs (the name is
+    claimed; ``owner_pid``/``owner_starttime`` identify the starting process)
+    and ``"running"`` once PID 1 is up (``pid``/``starttime`` identify it).
+    """
+
+    name: str = attrs.field(validator=lambda _i, _a, v: validate_name(v))
+    state: str = attrs.field(validator=attrs.validators.in_(("starting", "running")))
+    pid: int = attrs.field(default=0, validator=_non_negative)
+    starttime: int = attrs.field(default=0, validator=_non_negative)
+    owner_pid: int = attrs.field(default=0, validator=_non_negative)
+    owner_starttime: int = attrs.field(default=0, validator=_non_negative)
+    image: str = ""
+    image_kind: str = "sandbox"
+    ip: str = ""
+    log_out: str = ""
+    log_err: str = ""
+    started_at: float = 0.0
+    uid: int = -1
+    user: str = ""
+    cwd: str = "/"
+    service_pid: int = 0
+    service_starttime: int = 0
+    options: dict[str, Any] = attrs.field(factory=dict)
+    cgroup: str | None = None
+    netns: str | None = None
+
+    def is_alive(self) -> bool:
+        """Whether the process this record stands for is still running (PID-reuse safe)."""
+        if self.state == "starting":
+            return procfs.is_alive(self.owner_pid, self.owner_starttime)
+        return procfs.is_alive(self.pid, self.starttime)
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form: Singularity's field names first, then ours."""
+        return {
+            "instance": self.name,
+            "pid": self.pid,
+            "img": self.image,
+            "ip": self.ip,
+            "logErrPath": self.log_err,
+            "logOutPath": self.log_out,
+            "schema": SCHEMA,
+            "state": self.state,
+            "starttime": self.starttime,
+            "ownerPid": self.owner_pid,
+            "ownerStarttime": self.owner_starttime,
+            "imageKind": self.image_kind,
+            "startedAt": self.started_at,
+            "uid": self.uid,
+            "user": self.user,
+            "cwd": self.cwd,
+            "servicePid": self.service_pid,
+            "serviceStarttime": self.service_starttime,
+            "options": self.options,
+            "cgroup": self.cgroup,
+            "netns": self.netns,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> InstanceRecord:
+        """Parse an on-disk record; any malformation raises ``ValueError``."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError("not an instancelib record of a known schema")
+        try:
+            return cls(
+                name=data["instance"], state=data["state"], pid=_int(data["pid"]),
+                starttime=_int(data["starttime"]), owner_pid=_int(data["ownerPid"]),
+                owner_starttime=_int(data["ownerStarttime"]), image=str(data["img"]),
+                image_kind=str(data["imageKind"]), ip=str(data["ip"]),
+                log_out=str(data["logOutPath"]), log_err=str(data["logErrPath"]),
+                started_at=float(data["startedAt"]), uid=_int(data["uid"]),
+                user=str(data["user"]), cwd=str(data["cwd"]),
+                service_pid=_int(data["servicePid"]),
+                service_starttime=_int(data["serviceStarttime"]),
+                options=dict(data["options"]), cgroup=data["cgroup"], netns=data["netns"],
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"malformed record: {err}") from err
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def default_root() -> Path:
+    """``$INSTANCELIB_HOME``, else ``~/.instancelib``."""
+    configured = os.environ.get("INSTANCELIB_HOME")
+    if configured:
+        return Path(configured).absolute()
+    return Path.home() / ".instancelib"
+
+
+class InstanceRegistry:
+    """The running instances of one user on this host.
+
+    Args:
+        root: where records and logs live; default ``$INSTANCELIB_HOME`` or
+            ``~/.instancelib``.
+
+    Reading (``list``, ``get``) never blocks on other processes; a record
+    whose instance has ended is removed as it is read.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).absolute() if root is not None else default_root()
+        self.host = socket.gethostname()
+        self.instances_dir = self.root / "instances" / self.host
+        self.logs_dir = self.root / "logs" / self.host
+
+    def __repr__(self) -> str:
+        return f"InstanceRegistry({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InstanceRegistry) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    # -- public API -----------------------------------------------------------------------
+
+    def list(self, pattern: str = "*") -> list[Instance]:
+        """Running instances whose names match the glob ``pattern``, sorted by name."""
+        from instancelib.instance import Instance
+
+        return [Instance._from_record(record, self) for record in self.records(pattern)]
+
+    def get(self, name: str) -> Instance:
+        """The running instance called ``name``.
+
+        Raises:
+            InvalidName: ``name`` breaks the naming rule.
+            NotFound: no running instance has that name.
+        """
+        from instancelib.instance import Instance
+
+        validate_name(name)
+        record = self._load(name)
+        if record is None or record.state != "running":
+            raise NotFound(f"no instance named {name!r} is running", name=name)
+        return Instance._from_record(record, self)
+
+    def stop(self, pattern: str = "*", *, signal: int = signal.SIGINT, timeout: float = 10.0,
+             force: bool = False) -> list[str]:
+        """Stop every running instance matching ``pattern``; return their names.
+
+        The signal goes to all of them first, then they are waited for
+        together, so N instances take one grace period, not N.
+        """
+        instances = self.list(pattern)
+        for instance in instances:
+            instance._send_stop_signal(signal, force)
+        for instance in instances:
+            instance.stop(signal=signal, timeout=timeout, force=force)
+        return [instance.name for instance in instances]
+
+    # -- records ----------------------------------------------------------------------------
+
+    def records(self, pattern: str = "*") -> list[InstanceRecord]:
+        """Records of running instances matching ``pattern`` (dead ones are pruned)."""
+        found = []
+        for name in self._names():
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            record = self._load(name)
+            if record is not None and record.state == "running":
+                found.append(record)
+        found.sort(key=lambda r: r.name)
+        return found
+
+    def _names(self) -> Iterator[str]:
+        try:
+            entries = os.scandir(self.instances_dir)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                    yield entry.name[:-5]
+
+    def record_path(self, name: str) -> Path:
+        return self.instances_dir / f"{name}.json"
+
+    def env_path(self, name: str) -> Path:
+        return self.instances_dir / f"{name}.env"
+
+    def log_paths(self, name: str) -> tuple[Path, Path]:
+        return self.logs_dir / f"{name}.out", self.logs_dir / f"{name}.err"
+
+    def _read(self, name: str) -> InstanceRecord | None:
+        """Read a record; ``None`` if absent.  An unreadable record counts as absent."""
+        try:
+            fd = os.open(self.record_path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                return None
+            raise RegistryError("cannot read an instance record", name=name,
+                                path=str(self.record_path(name)), errno=err.errno) from err
+        try:
+            data = os.read(fd, _MAX_RECORD + 1)
+        finally:
+            os.close(fd)
+        try:
+            if len(data) > _MAX_RECORD:
+                raise ValueError("record too large")
+            record = InstanceRecord.from_json(json.loads(data))
+        except ValueError:
+            return None
+        return record if record.name == name else None
+
+    def _load(self, name: str) -> InstanceRecord | None:
+        """Read a record and prune it if its instance has ended."""
+        record = self._read(name)
+        if record is None:
+            if self.record_path(name).exists():
+                self._prune(name, None)  # garbage: remove it
+            return None
+        if record.is_alive():
+            return record
+        self._prune(name, record)
+        return None
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def ensure_dirs(self) -> None:
+        """Create the registry's directories (0700) if needed."""
+        for directory in (self.instances_dir, self.logs_dir):
+            try:
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as err:
+                raise RegistryError("cannot create the registry directory",
+                                    path=str(directory), errno=err.errno) from err
+            if directory.is_symlink() or not directory.is_dir():
+                raise RegistryError("the registry directory is not a plain directory",
+                                    path=str(directory))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.instances_dir / ".lock",
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def claim(self, record: InstanceRecord) -> None:
+        """Write ``record`` (state "starting") if no live instance holds its name.
+
+        Raises:
+            NameConflict: a running or starting instance has the name.
+        """
+        self.ensure_dirs()
+        with self._locked():
+            existing = self._read(record.name)
+            if existing is not None and existing.is_alive():
+                what = "is already running" if existing.state == "running" else (
+                    f"is being started by process {existing.owner_pid}")
+                raise NameConflict(f"an instance named {record.name!r} {what}",
+                                   name=record.name, pid=existing.pid or existing.owner_pid)
+            self._write(record)
+
+    def publish(self, record: InstanceRecord, env: dict[str, str]) -> None:
+        """Replace the claim with the running instance's record (and its environment)."""
+        self._write_file(self.env_path(record.name), json.dumps(env).encode())
+        self._write(record)
+
+    def _write(self, record: InstanceRecord) -> None:
+        self._write_file(self.record_path(record.name), json.dumps(record.to_json()).encode())
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temporary, path)
+
+    def remove(self, record: InstanceRecord) -> None:
+        """Remove ``record``'s files, unless the name was claimed again by someone else."""
+        self._prune(record.name, record)
+
+    def _prune(self, name: str, seen: InstanceRecord | None) -> None:
+        with contextlib.suppress(FileNotFoundError), self._locked():
+            current = self._read(name)
+            if seen is not None and current is not None and (
+                (current.pid, current.starttime, current.owner_pid)
+                != (seen.pid, seen.starttime, seen.owner_pid)
+            ):
+                return  # replaced meanwhile by a new instance of that name
+            if seen is None and current is not None:
+                return  # it became readable meanwhile
+            for path in (self.record_path(name), self.env_path(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def load_env(self, name: str) -> dict[str, str]:
+        """The environment stored for ``name`` at start."""
+        try:
+            data = json.loads(self.env_path(name).read_bytes())
+        except (OSError, ValueError) as err:
+            raise RegistryError("cannot read the instance's environment", name=name,
+                                path=str(self.env_path(name))) from err
+        if not isinstance(data, dict):
+            raise RegistryError("malformed instance environment", name=name)
+        return {str(k): str(v) for k, v in data.items()}
