@@ -301,28 +301,27 @@ class Instance(metaclass=_NoPublicConstructor):
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
         with _Stdio(stdin, stdout, stderr, text) as stdio:
-            status_read, status_write = os.pipe2(os.O_CLOEXEC)
+            status, theirs = wire.socketpair()
             try:
                 reply = client.get_forkserver().request(
                     {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
                      "namespaces": NAMESPACES, "cwd": cwd or self._record.cwd,
                      "argv": command, "env": environment, "tty": bool(tty)},
-                    [status_write, *stdio.child_fds],
+                    [theirs.fileno(), *stdio.child_fds],
                 )
+                if not reply.get("ok"):
+                    raise ExecError(f"cannot start the command: {reply.get('error')}",
+                                    name=self.name)
+                theirs.close()
+                first, pidfd = _first_status(status)
+                if not first.startswith("started "):
+                    raise_exec_failure(first, command, self.name)
             except BaseException:
-                os.close(status_read)
+                status.close()
                 raise
             finally:
-                os.close(status_write)
-            if not reply.get("ok"):
-                os.close(status_read)
-                raise ExecError(f"cannot start the command: {reply.get('error')}",
-                                name=self.name)
-            first = _read_line(status_read)
-            if not first.startswith("started "):
-                os.close(status_read)
-                raise_exec_failure(first, command, self.name)
-            process = InstanceProcess(command, int(first.split()[1]), status_read,
+                theirs.close()
+            process = InstanceProcess(command, int(first.split()[1]), pidfd, status,
                                       *stdio.parent_streams(), instance_name=self.name)
             stdio.keep_parent_streams()
         return process
@@ -701,21 +700,18 @@ class _Stdio:
                     stream.close()
 
 
-def _read_line(fd: int, timeout: float = 60.0) -> str:
-    """The joiner's first status line (it comes within milliseconds)."""
-    deadline = time.monotonic() + timeout
-    data = b""
-    with selectors.DefaultSelector() as selector:
-        selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not selector.select(remaining):
-                raise ExecError("no answer from the fork-server's joiner")
-            chunk = os.read(fd, 1)  # byte by byte: later lines belong to InstanceProcess
-            if not chunk:
-                return "error 0 the joiner exited without reporting"
-            data += chunk
-    return data.decode().rstrip("\n")
+def _first_status(status: socket.socket, timeout: float = 60.0) -> tuple[str, int]:
+    """The joiner's first report: ``started PID`` with a pidfd, or ``error ...``."""
+    status.settimeout(timeout)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(status, 4096, 1)
+    except (socket.timeout, TimeoutError):
+        raise ExecError("no answer from the fork-server's joiner") from None
+    if not data:
+        return "error 0 the joiner exited without reporting", -1
+    if not fds:
+        return data.decode(), -1
+    return data.decode(), fds[0]
 
 
 def _check_argv(argv: Sequence[str]) -> list[str]:

@@ -4,7 +4,9 @@
 ``stdout``, ``stderr``, ``returncode``, ``poll``, ``wait``, ``communicate``,
 ``send_signal``, ``terminate``, ``kill``, context manager).  The process is
 not our child (the fork-server's joiner spawned it inside the instance's
-namespaces); its fate arrives over a status pipe, one line per event.
+namespaces); its fate arrives over a status socket, one datagram per event,
+and signals go through a pidfd, so they can never reach a process that
+reused its PID.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import io
 import os
 import selectors
 import signal
+import socket
 import time
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import attrs
 
-from instancelib.errors import ExecError, Timeout
+from instancelib.errors import ExecError, NotFound, Timeout
+from instancelib.linux import syscalls
 
 __all__ = ["ExecResult", "InstanceProcess"]
 
@@ -58,7 +62,7 @@ class InstanceProcess:
             signal N ended it.
     """
 
-    def __init__(self, args: Sequence[str], pid: int, status_fd: int,
+    def __init__(self, args: Sequence[str], pid: int, pidfd: int, status: socket.socket,
                  stdin: IO[Any] | None, stdout: IO[Any] | None, stderr: IO[Any] | None,
                  *, instance_name: str) -> None:
         self.args = list(args)
@@ -67,10 +71,10 @@ class InstanceProcess:
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
-        self._status_fd = status_fd
-        self._buffer = b""
+        self._pidfd = pidfd
+        self._status: socket.socket | None = status
         self._instance_name = instance_name
-        os.set_blocking(status_fd, False)
+        status.setblocking(False)
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -80,33 +84,30 @@ class InstanceProcess:
 
     def _consume_status(self) -> None:
         """Read whatever the joiner has reported; set ``returncode`` on exit."""
-        if self._status_fd < 0:
-            return
-        while True:
+        while self._status is not None and self.returncode is None:
             try:
-                chunk = os.read(self._status_fd, 4096)
+                data, fds, _flags, _addr = socket.recv_fds(self._status, 256, 1)
             except BlockingIOError:
-                break
-            if not chunk:
-                if self.returncode is None:
-                    self.returncode = -signal.SIGKILL  # the joiner vanished: assume killed
-                self._close_status()
                 return
-            self._buffer += chunk
-        while b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            kind, _, value = line.decode().partition(" ")
+            for fd in fds:
+                os.close(fd)
+            if not data:
+                self.returncode = -signal.SIGKILL  # the joiner vanished: assume killed
+                break
+            kind, _, value = data.decode().partition(" ")
             if kind == "exited":
                 self.returncode = int(value)
             elif kind == "signaled":
                 self.returncode = -int(value)
-        if self.returncode is not None:
-            self._close_status()
+        self._close_status()
 
     def _close_status(self) -> None:
-        if self._status_fd >= 0:
-            os.close(self._status_fd)  # lets the joiner reap the process
-            self._status_fd = -1
+        if self._status is not None:
+            self._status.close()
+            self._status = None
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     # -- Popen API --------------------------------------------------------------------------
 
@@ -129,8 +130,8 @@ class InstanceProcess:
                 if remaining is not None and remaining <= 0:
                     raise Timeout(f"command {self.args[0]!r} still running after {timeout:g} s",
                                   name=self._instance_name, pid=self.pid)
-                if not selector.get_map():
-                    selector.register(self._status_fd, selectors.EVENT_READ)
+                if not selector.get_map() and self._status is not None:
+                    selector.register(self._status, selectors.EVENT_READ)
                 selector.select(remaining)
         return self.returncode  # type: ignore[return-value]  # set by poll()
 
@@ -196,9 +197,9 @@ class InstanceProcess:
 
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the process (nothing happens once it has ended)."""
-        if self.poll() is None:
+        if self.poll() is None and self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+                syscalls.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         """Send SIGTERM."""
@@ -223,12 +224,10 @@ class InstanceProcess:
             self._close_status()
 
 
-def raise_exec_failure(line: str, argv: Sequence[str], name: str) -> None:
+def raise_exec_failure(line: str, argv: Sequence[str], name: str) -> NoReturn:
     """Turn the joiner's ``error ERRNO MESSAGE`` line into an ``ExecError``."""
     _, errno_text, message = (line.split(" ", 2) + ["", ""])[:3]
     code = int(errno_text) if errno_text.isdigit() and int(errno_text) else None
     if code == 3:  # ESRCH: the instance ended under us
-        from instancelib.errors import NotFound
-
         raise NotFound(f"the instance is not running ({message})", name=name)
     raise ExecError(message or f"cannot run {argv[0]!r}", name=name, errno=code)

@@ -247,7 +247,9 @@ class InstanceRegistry:
             return
         with entries:
             for entry in entries:
-                if entry.name.endswith(".json") and not entry.name.startswith("."):
+                # Temporary files end in ".tmp" and the lock is ".lock": only
+                # records end in ".json" (names may start with a dot).
+                if entry.name.endswith(".json"):
                     yield entry.name[:-5]
 
     def record_path(self, name: str) -> Path:

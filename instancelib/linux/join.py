@@ -6,10 +6,13 @@ instance's PID 1, checks the PID still belongs to it (start time), joins all
 its namespaces at once through that pidfd, changes directory, and spawns the
 command; the PID namespace applies to children only, hence the spawn.  It
 stays as the command's parent to report its exit status to the caller over
-the status pipe, then exits.
+the status socket, then exits.
 
-Status pipe lines: ``started PID``, ``exited CODE``, ``signaled SIG``,
-``error ERRNO MESSAGE``.
+Status messages (one datagram each): ``started PID`` with a pidfd of the
+command attached (so the caller can signal it without any PID-reuse race),
+``exited CODE``, ``signaled SIG``, ``error ERRNO MESSAGE``.  The command is
+reaped as soon as it exits: when an instance stops, the kernel waits for
+every process of its PID namespace to be reaped before PID 1 is gone.
 
 Only the standard library is imported.
 """
@@ -19,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import signal
+import socket
 import termios
 from typing import Any
 
@@ -39,8 +42,15 @@ _NAMESPACE_FILES = (
 )
 
 
-def _report(fd: int, line: str) -> None:
-    os.write(fd, (line + "\n").encode())
+def _report(fd: int, line: str, fds: list[int] | None = None) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if fds:
+            socket.send_fds(sock, [line.encode()], fds)
+        else:
+            sock.send(line.encode())
+    finally:
+        sock.close()
 
 
 def _fail(fd: int, err: OSError, message: str) -> None:
@@ -81,19 +91,14 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
         _fail(status_fd, err, f"{argv[0]}: {err.strerror}")
     for fd in stdio:
         os.close(fd)
-    _report(status_fd, f"started {child}")
-    # Learn the exit without reaping (WNOWAIT): until the caller has read the
-    # status and closed its end, the PID stays reserved, so a signal the
-    # caller sends by PID can never reach an unrelated process.
-    info = os.waitid(os.P_PID, child, os.WEXITED | os.WNOWAIT)
-    if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-        _report(status_fd, f"signaled {info.si_status}")
+    child_pidfd = os.pidfd_open(child)  # valid: only we can reap the child
+    _report(status_fd, f"started {child}", [child_pidfd])
+    os.close(child_pidfd)
+    _, status = os.waitpid(child, 0)
+    if os.WIFSIGNALED(status):
+        _report(status_fd, f"signaled {os.WTERMSIG(status)}")
     else:
-        _report(status_fd, f"exited {info.si_status if info is not None else 255}")
-    poller = select.poll()
-    poller.register(status_fd, 0)  # POLLERR arrives when the reader closes its end
-    poller.poll()
-    os.waitpid(child, 0)
+        _report(status_fd, f"exited {os.waitstatus_to_exitcode(status)}")
     os._exit(0)
 
 

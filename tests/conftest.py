@@ -1,0 +1,74 @@
+"""Shared fixtures: busybox images, an isolated registry per test, and leak checks.
+
+Every test runs the real thing (namespaces, mounts, processes).  A test's
+registry lives in its own temporary directory; whatever instance a failing
+test leaves running is killed when the test ends.  At the end of the session
+no instance process may remain and the host's mount table must be as it was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from instancelib import Image, Instance, InstanceRegistry
+from instancelib.image.busybox import make_busybox_rootfs
+from instancelib.linux import client
+from tests.helpers import host_mounts, instance_processes
+
+ImageFactory = Callable[..., Image]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    processes_before = instance_processes()
+    mounts_before = host_mounts()
+    yield
+    client._shutdown()
+    deadline = time.monotonic() + 5
+    leftover = instance_processes() - processes_before
+    while leftover and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leftover = instance_processes() - processes_before
+    assert not leftover, f"instance processes left running: {sorted(leftover)}"
+    assert host_mounts() == mounts_before, "the host's mount table changed"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[InstanceRegistry]:
+    reg = InstanceRegistry(tmp_path / "registry")
+    yield reg
+    for instance in reg.list():
+        instance.stop(force=True)
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> ImageFactory:
+    counter = itertools.count()
+
+    def make(**kwargs: Any) -> Image:
+        return Image(make_busybox_rootfs(tmp_path / f"image{next(counter)}", **kwargs))
+
+    return make
+
+
+@pytest.fixture
+def image(make_image: ImageFactory) -> Image:
+    """A busybox image without start/run scripts (an idle instance)."""
+    return make_image()
+
+
+@pytest.fixture
+def start(registry: InstanceRegistry) -> Callable[..., Instance]:
+    """``Instance.start`` bound to the test's registry."""
+
+    def start(image: Image, name: str = "test", **kwargs: Any) -> Instance:
+        return Instance.start(image, name, registry=registry, **kwargs)
+
+    return start

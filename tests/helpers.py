@@ -1,0 +1,48 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def instance_processes() -> set[int]:
+    """Host PIDs of live instancelib PID 1 processes (from any registry)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read(64)
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmdline.startswith(b"instancelib-init:") and state not in (b"Z", b"X"):
+            found.add(int(entry))
+    return found
+
+
+def host_mounts() -> set[tuple[str, str]]:
+    """(mount point, fs type) of every mount the host sees."""
+    mounts = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields, _, tail = line.partition(" - ")
+            mounts.add((fields.split()[4], tail.split()[0]))
+    return mounts
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
