@@ -81,8 +81,8 @@ def parse_binds(specs: Iterable[str | Bind] | str) -> tuple[Bind, ...]:
         if isinstance(spec, Bind):
             binds.append(spec)
             continue
-        if not isinstance(spec, str):
-            raise InvalidArgument(f"a bind must be a string or a Bind (got {spec!r})")
+        if not isinstance(spec, str) or not spec.strip(","):
+            raise InvalidArgument(f"a bind must be a non-empty string or a Bind (got {spec!r})")
         binds.extend(_parse_one(part) for part in _split_specs(spec))
     return tuple(binds)
 

@@ -25,7 +25,6 @@ import os
 import pty
 import select
 import signal
-import subprocess
 import sys
 import termios
 import tty
@@ -133,8 +132,8 @@ def _parse_env(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str
                 lines = f.read().splitlines()
         except OSError as err:
             raise InvalidArgument(f"cannot read env file {path}: {err.strerror}") from err
-        for line in lines:
-            line = line.strip()
+        for raw in lines:
+            line = raw.strip()
             if not line or line.startswith("#"):
                 continue
             name, sep, value = line.removeprefix("export ").partition("=")
@@ -189,8 +188,9 @@ def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
     """Lay out columns as Go's tabwriter (minwidth 0, tabwidth 8, padding 4, spaces)."""
     widths = [max(len(row[i]) for row in rows) + 4 for i in range(len(rows[0]))] if rows else []
     lines = []
-    for row, last in zip(rows, trailing):
-        lines.append("".join(cell.ljust(width) for cell, width in zip(row, widths)) + last)
+    for row, last in zip(rows, trailing, strict=True):
+        cells = "".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        lines.append(cells + last)
     return "".join(line + "\n" for line in lines)
 
 

@@ -321,8 +321,10 @@ class Instance(metaclass=_NoPublicConstructor):
                 raise
             finally:
                 theirs.close()
-            process = InstanceProcess(command, int(first.split()[1]), pidfd, status,
-                                      *stdio.parent_streams(), instance_name=self.name)
+            streams = stdio.parent_streams()
+            process = InstanceProcess(command, pid=int(first.split()[1]), pidfd=pidfd,
+                                      status=status, stdin=streams[0], stdout=streams[1],
+                                      stderr=streams[2], instance_name=self.name)
             stdio.keep_parent_streams()
         return process
 
@@ -507,10 +509,10 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
                 raise Timeout("still running after SIGKILL", name=instance.name,
                               pid=instance.pid)
     finally:
-        for instance, pidfd in pidfds:
+        for _, pidfd in pidfds:
             os.close(pidfd)
-    for instance, _ in pidfds:
-        instance._forget()
+    for stopped, _ in pidfds:
+        stopped._forget()
 
 
 # -- start-up conversation with PID 1 ----------------------------------------------------------
@@ -548,7 +550,7 @@ class _Launch:
     def _receive(self, deadline: float) -> dict[str, Any] | None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise socket.timeout
+            raise TimeoutError
         self.channel.settimeout(remaining)
         message, fds = wire.recv_message(self.channel)
         for fd in fds:
@@ -561,7 +563,7 @@ class _Launch:
         while ready is None or not self.init_pid:
             try:
                 message = self._receive(deadline)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise StartTimeout("the instance did not finish setting up in time") from None
             if message is None:
                 raise StartError("the instance's PID 1 exited during set-up")
@@ -615,7 +617,7 @@ class _Launch:
         self.channel.settimeout(0.0)
         try:
             message, _ = wire.recv_message(self.channel)
-        except (BlockingIOError, socket.timeout):
+        except (TimeoutError, BlockingIOError):
             return
         if message is not None and message.get("event") == "service_exit":
             status = int(message["status"])
@@ -705,7 +707,7 @@ def _first_status(status: socket.socket, timeout: float = 60.0) -> tuple[str, in
     status.settimeout(timeout)
     try:
         data, fds, _flags, _addr = socket.recv_fds(status, 4096, 1)
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         raise ExecError("no answer from the fork-server's joiner") from None
     if not data:
         return "error 0 the joiner exited without reporting", -1

@@ -62,9 +62,9 @@ class InstanceProcess:
             signal N ended it.
     """
 
-    def __init__(self, args: Sequence[str], pid: int, pidfd: int, status: socket.socket,
+    def __init__(self, args: Sequence[str], *, pid: int, pidfd: int, status: socket.socket,
                  stdin: IO[Any] | None, stdout: IO[Any] | None, stderr: IO[Any] | None,
-                 *, instance_name: str) -> None:
+                 instance_name: str) -> None:
         self.args = list(args)
         self.pid = pid
         self.stdin = stdin
@@ -185,7 +185,7 @@ class InstanceProcess:
                             self.stdin.close()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         self.wait(remaining)
-        results = []
+        results: list[Any] = []
         for stream in (self.stdout, self.stderr):
             if stream is None:
                 results.append(None)
@@ -226,7 +226,7 @@ class InstanceProcess:
 
 def raise_exec_failure(line: str, argv: Sequence[str], name: str) -> NoReturn:
     """Turn the joiner's ``error ERRNO MESSAGE`` line into an ``ExecError``."""
-    _, errno_text, message = (line.split(" ", 2) + ["", ""])[:3]
+    _, errno_text, message = [*line.split(" ", 2), "", ""][:3]
     code = int(errno_text) if errno_text.isdigit() and int(errno_text) else None
     if code == 3:  # ESRCH: the instance ended under us
         raise NotFound(f"the instance is not running ({message})", name=name)

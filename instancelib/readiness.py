@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union
 
 import attrs
 
@@ -96,7 +96,9 @@ class _CallableProbe:
         return bool(self.function(instance))
 
 
-ReadySpec = Union[Probe, tuple[str, Any], Sequence[str], Callable[["Instance"], bool]]
+ReadySpec: TypeAlias = Union[  # noqa: UP007 (a runtime alias: "|" fails on a string forward ref)
+    Probe, tuple[str, Any], Sequence[str], Callable[["Instance"], bool]
+]
 
 
 def as_probe(spec: Any) -> Probe:

@@ -17,6 +17,7 @@ to another process: the start time differs) is removed when read.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -191,9 +192,9 @@ class InstanceRegistry:
 
     # -- public API -----------------------------------------------------------------------
 
-    def list(self, pattern: str = "*") -> list[Instance]:
+    def list(self, pattern: str = "*") -> builtins.list[Instance]:
         """Running instances whose names match the glob ``pattern``, sorted by name."""
-        from instancelib.instance import Instance
+        from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
 
         return [Instance._from_record(record, self) for record in self.records(pattern)]
 
@@ -204,7 +205,7 @@ class InstanceRegistry:
             InvalidName: ``name`` breaks the naming rule.
             NotFound: no running instance has that name.
         """
-        from instancelib.instance import Instance
+        from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
 
         validate_name(name)
         record = self._load(name)
@@ -213,22 +214,21 @@ class InstanceRegistry:
         return Instance._from_record(record, self)
 
     def stop(self, pattern: str = "*", *, signal: int = signal.SIGINT, timeout: float = 10.0,
-             force: bool = False) -> list[str]:
+             force: bool = False) -> builtins.list[str]:
         """Stop every running instance matching ``pattern``; return their names.
 
         The signal goes to all of them first, then they are waited for
         together, so N instances take one grace period, not N.
         """
+        from instancelib.instance import stop_instances  # noqa: PLC0415 (import cycle)
+
         instances = self.list(pattern)
-        for instance in instances:
-            instance._send_stop_signal(signal, force)
-        for instance in instances:
-            instance.stop(signal=signal, timeout=timeout, force=force)
+        stop_instances(instances, signal=signal, timeout=timeout, force=force)
         return [instance.name for instance in instances]
 
     # -- records ----------------------------------------------------------------------------
 
-    def records(self, pattern: str = "*") -> list[InstanceRecord]:
+    def records(self, pattern: str = "*") -> builtins.list[InstanceRecord]:
         """Records of running instances matching ``pattern`` (dead ones are pruned)."""
         found = []
         for name in self._names():

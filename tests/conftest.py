@@ -9,7 +9,6 @@ no instance process may remain and the host's mount table must be as it was.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path

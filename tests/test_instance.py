@@ -6,15 +6,19 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from instancelib import (
     ExecError,
     Image,
+    ImageError,
     Instance,
     InstanceRegistry,
     InstanceStatus,
@@ -142,11 +146,9 @@ def test_instance_stays_up_idle_after_service_exits(make_image, start):
 def test_instance_outlives_the_starting_process(image, registry, tmp_path):
     code = (
         "import sys; from instancelib import Instance, InstanceRegistry, Image\n"
-        f"Instance.start(Image({image.path!r}), 'child', registry=InstanceRegistry({str(registry.root)!r}))\n"
+        f"Instance.start(Image({image.path!r}), 'child', "
+        f"registry=InstanceRegistry({str(registry.root)!r}))\n"
     )
-    import subprocess
-    import sys
-
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     instance = registry.get("child")
     assert instance.is_running()
@@ -271,8 +273,6 @@ def test_reused_pid_is_not_mistaken_for_the_instance(image, start, registry):
     instance = start(image, "real")
     record = registry._read("real")
     assert record is not None
-    import attrs
-
     forged = attrs.evolve(record, name="forged", pid=os.getpid())
     registry._write(forged)
     assert [i.name for i in registry.list()] == ["real"]
@@ -326,9 +326,6 @@ def test_concurrent_starts_of_one_name_exactly_one_wins(image, registry):
 
 
 def test_concurrent_starts_from_processes_exactly_one_wins(image, registry, tmp_path):
-    import subprocess
-    import sys
-
     code = (
         "import sys; from instancelib import *\n"
         f"reg = InstanceRegistry({str(registry.root)!r})\n"
@@ -611,8 +608,6 @@ def test_timeout_must_be_positive(image, start):
 
 
 def test_missing_image_is_an_image_error(start, tmp_path):
-    from instancelib import ImageError
-
     with pytest.raises(ImageError):
         start(str(tmp_path / "nope"))
 
@@ -641,7 +636,7 @@ def test_exec_of_a_missing_command_is_an_exec_error(image, start):
 
 
 def test_exec_in_a_missing_directory_is_an_exec_error(image, start):
-    with pytest.raises(ExecError, match="working directory"):
+    with pytest.raises(ExecError, match=r"working directory"):
         start(image).exec(["true"], cwd="/no/such/dir")
 
 
@@ -668,8 +663,6 @@ def test_exec_argv_validation(image, start):
 
 
 def test_popen_streams_output(image, start):
-    import subprocess
-
     instance = start(image)
     with instance.popen(["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.05; done"],
                         stdout=subprocess.PIPE) as process:
@@ -754,7 +747,7 @@ def test_pid_file_is_not_written_through_a_symlink(image, start, registry, tmp_p
 
 
 def test_instance_has_no_public_constructor():
-    with pytest.raises(TypeError, match="Instance.start"):
+    with pytest.raises(TypeError, match=r"Instance\.start"):
         Instance()
 
 

@@ -94,31 +94,40 @@ class ForkServer:
             self.process.wait()
 
 
-_server: ForkServer | None = None
-_server_lock = threading.Lock()
+class _ProcessState:
+    """This process's fork-server (one per process, created on first use)."""
+
+    def __init__(self) -> None:
+        self.server: ForkServer | None = None
+        self.lock = threading.Lock()
+
+
+_state = _ProcessState()
 
 
 def get_forkserver() -> ForkServer:
     """The fork-server of this process, started if needed."""
-    global _server
-    with _server_lock:
-        if _server is None or not _server.alive() or _server.owner_pid != os.getpid():
-            _server = ForkServer()
-        return _server
+    with _state.lock:
+        server = _state.server
+        if server is None or not server.alive() or server.owner_pid != os.getpid():
+            server = _state.server = ForkServer()
+        return server
 
 
 def _forget_after_fork() -> None:
-    global _server, _server_lock
-    if _server is not None:
+    if _state.server is not None:
         with contextlib.suppress(OSError):
-            _server.sock.close()
-    _server = None
-    _server_lock = threading.Lock()
+            _state.server.sock.close()
+    _state.server = None
+    _state.lock = threading.Lock()
 
 
 def _shutdown() -> None:
-    if _server is not None and _server.owner_pid == os.getpid():
-        _server.close()
+    """Stop this process's fork-server (it also stops by itself when we exit)."""
+    server = _state.server
+    if server is not None and server.owner_pid == os.getpid():
+        _state.server = None
+        server.close()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -245,8 +245,10 @@ def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool) 
         os.close(fd)
 
 
-def _mount(step: str, source: str | None, fd: int, fstype: str | None, flags: int,
-           data: str | None, path: str) -> None:
+def _mount(  # noqa: PLR0917 (mount(2)'s own argument list, plus context)
+    step: str, source: str | None, fd: int, fstype: str | None, flags: int,
+    data: str | None, path: str,
+) -> None:
     try:
         syscalls.mount(source, _fd_path(fd), fstype, flags, data)
     except OSError as err:

@@ -45,7 +45,8 @@ _ANSI_C = {"n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b",
            "E": "\x1b", "f": "\f", "v": "\v", "\\": "\\", "'": "'", '"': '"', "?": "?"}
 # Signals the child must not inherit as ignored (Python ignores SIGPIPE itself).
 RESET_SIGNALS = frozenset(
-    s for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None), getattr(signal, "SIGXFZ", None))
+    s
+    for s in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None), getattr(signal, "SIGXFZ", None))
     if s is not None
 )
 
@@ -93,7 +94,8 @@ def source_env_scripts(base: dict[str, str], *, stdout: int, stderr: int,
     code = os.waitstatus_to_exitcode(status)
     if code != 0 or not output:
         raise EnvScriptError(
-            f"sourcing {ENV_DIR}/*.sh failed (shell exit status {code}); see the instance's error log"
+            f"sourcing {ENV_DIR}/*.sh failed (shell exit status {code}); "
+            "see the instance's error log"
         )
     sourced = parse_export_p(output.decode("utf-8", "surrogateescape"))
     # Variables the shell maintains for itself are not part of the image's environment.
@@ -105,7 +107,7 @@ def source_env_scripts(base: dict[str, str], *, stdout: int, stderr: int,
 
 def _read_all(fd: int, pid: int, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -202,29 +204,27 @@ def _read_double_quoted(text: str, pos: int, out: list[str]) -> int:
 
 
 def _read_ansi_c(text: str, pos: int, out: list[str]) -> int:
+    """Decode a ``$'...'`` word; octal and hex escapes are bytes of UTF-8 text."""
+    raw = bytearray()
     while pos < len(text) and text[pos] != "'":
         if text[pos] == "\\" and pos + 1 < len(text):
             escape = text[pos + 1]
+            octal = re.match(r"[0-7]{1,3}", text[pos + 1 :])
+            hexa = re.match(r"x([0-9a-fA-F]{1,2})", text[pos + 1 :])
             if escape in _ANSI_C:
-                out.append(_ANSI_C[escape])
+                raw += _ANSI_C[escape].encode()
                 pos += 2
-            elif escape in "01234567":
-                digits = re.match(r"[0-7]{1,3}", text[pos + 1 :])
-                assert digits is not None
-                out.append(chr(int(digits.group(), 8)))
-                pos += 1 + len(digits.group())
-            elif escape == "x":
-                digits = re.match(r"[0-9a-fA-F]{1,2}", text[pos + 2 :])
-                if digits:
-                    out.append(chr(int(digits.group(), 16)))
-                    pos += 2 + len(digits.group())
-                else:
-                    out.append("\\x")
-                    pos += 2
+            elif octal:
+                raw.append(int(octal.group(), 8) & 0xFF)
+                pos += 1 + len(octal.group())
+            elif hexa:
+                raw.append(int(hexa.group(1), 16))
+                pos += 1 + len(hexa.group())
             else:
-                out.append("\\" + escape)
+                raw += ("\\" + escape).encode()
                 pos += 2
         else:
-            out.append(text[pos])
+            raw += text[pos].encode("utf-8", "surrogateescape")
             pos += 1
+    out.append(raw.decode("utf-8", "surrogateescape"))
     return pos + 1

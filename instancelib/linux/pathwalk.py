@@ -14,6 +14,7 @@ Only the standard library is imported: instance PID 1 uses this module.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -98,16 +99,12 @@ def create_in_root(root_fd: int, canonical: str, *, directory: bool, mode: int =
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             if last and not directory:
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.close(os.open(part, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                                      | os.O_CLOEXEC, 0o644, dir_fd=fd))
-                except FileExistsError:
-                    pass
                 return
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, mode, dir_fd=fd)
-            except FileExistsError:
-                pass
             next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
                               dir_fd=fd)
             os.close(fd)

@@ -8,6 +8,7 @@ starting instance notices that its caller died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -24,7 +25,9 @@ def socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def send_message(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+def send_message(
+    sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None
+) -> None:
     """Send ``message`` (JSON-serialisable) with ``fds`` attached."""
     data = json.dumps(message, separators=(",", ":")).encode()
     if fds:
@@ -47,7 +50,5 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

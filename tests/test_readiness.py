@@ -1,0 +1,95 @@
+"""Readiness probes: start() returns only once the service answers."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from instancelib import (
+    CommandProbe,
+    FileProbe,
+    InvalidArgument,
+    StartError,
+    StartTimeout,
+    TcpProbe,
+    Timeout,
+)
+from instancelib.readiness import as_probe
+from tests.helpers import instance_processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tcp_probe_waits_for_the_port(make_image, start):
+    port = free_port()
+    script = f"#!/bin/sh\nsleep 0.3\nexec httpd -f -p 127.0.0.1:{port} -h /etc\n"
+    image = make_image(startscript=script)
+    began = time.monotonic()
+    instance = start(image, ready=("tcp", port))
+    assert time.monotonic() - began >= 0.3
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    assert instance.is_running()
+
+
+def test_file_probe_waits_for_a_file_inside(make_image, start):
+    image = make_image(startscript="#!/bin/sh\nsleep 0.2\ntouch /run/ready\nexec sleep 1000\n")
+    instance = start(image, writable_tmpfs=True, ready=("file", "/run/ready"))
+    assert instance.exec(["test", "-e", "/run/ready"]).ok
+
+
+def test_command_probe_runs_inside(make_image, start):
+    image = make_image(startscript="#!/bin/sh\nsleep 0.2\ntouch /run/up\nexec sleep 1000\n")
+    instance = start(image, writable_tmpfs=True, ready=["test", "-e", "/run/up"])
+    assert instance.exec(["test", "-e", "/run/up"]).ok
+
+
+def test_callable_probe(make_image, start):
+    calls = []
+
+    def probe(instance) -> bool:
+        calls.append(instance.name)
+        return len(calls) >= 3
+
+    start(make_image(), "cb", ready=probe)
+    assert calls == ["cb", "cb", "cb"]
+
+
+def test_probe_timeout_raises_and_leaves_nothing(make_image, start, registry):
+    before = instance_processes()
+    with pytest.raises(StartTimeout) as caught:
+        start(make_image(startscript="#!/bin/sh\nexec sleep 1000\n"), "slow",
+              ready=("file", "/never"), timeout=0.5)
+    assert isinstance(caught.value, Timeout) and isinstance(caught.value, StartError)
+    assert registry.list() == []
+    assert not registry.record_path("slow").exists()
+    assert instance_processes() - before == set()
+
+
+def test_service_failing_before_ready_is_a_start_error_with_its_stderr(make_image, start,
+                                                                       registry):
+    image = make_image(startscript="#!/bin/sh\necho cannot-bind-port >&2\nexit 4\n")
+    with pytest.raises(StartError) as caught:
+        start(image, ready=("tcp", free_port()), timeout=10)
+    assert "status 4" in str(caught.value)
+    assert "cannot-bind-port" in (caught.value.detail or "")
+    assert registry.list() == []
+
+
+@pytest.mark.parametrize("bad", [("tcp", 0), ("tcp", 70000), ("tcp", "80"), ("file", "rel"),
+                                 [], "a string", 42])
+def test_bad_probe_specs_are_refused(bad):
+    with pytest.raises(InvalidArgument):
+        as_probe(bad)
+
+
+def test_probe_objects_compare_and_convert():
+    assert as_probe(("tcp", 80)) == TcpProbe(80)
+    assert as_probe(("file", "/x")) == FileProbe("/x")
+    assert as_probe(["a", "b"]) == CommandProbe(("a", "b"))
