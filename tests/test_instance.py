@@ -197,6 +197,35 @@ def test_stop_forwards_sigint_and_waits_for_the_service(make_image, start, regis
     assert registry.list() == []
 
 
+def test_stop_returns_when_the_service_exits_despite_background_jobs(make_image, start):
+    """Background jobs of a non-interactive shell ignore SIGINT; they must not hold the stop."""
+    script = "#!/bin/sh\ntrap 'exit 0' INT TERM\nsleep 1000 &\nwait\n"
+    instance = start(make_image(startscript=script))
+    time.sleep(0.2)
+    pids = instance_pids(instance)
+    assert len(pids) == 3  # init, sh, sleep
+    began = time.monotonic()
+    instance.stop(timeout=10)
+    assert time.monotonic() - began < 2
+    for pid in pids:
+        stat = procfs.read_stat(pid)
+        assert stat is None or not stat.running
+
+
+def test_stop_waits_for_a_daemonised_service(make_image, start):
+    """A start script that forks a daemon and exits: stop waits for the daemon."""
+    # (A background job starts with SIGINT ignored, and a shell cannot trap a
+    # signal ignored on entry: the daemon is stopped with SIGTERM.)
+    script = ("#!/bin/sh\n(trap 'sleep 0.3; echo daemon-done; exit 0' TERM; "
+              "while :; do sleep 0.05; done) &\nexit 0\n")
+    instance = start(make_image(startscript=script))
+    time.sleep(0.3)
+    began = time.monotonic()
+    instance.stop(signal=signal.SIGTERM, timeout=10)
+    assert 0.3 <= time.monotonic() - began < 5
+    assert "daemon-done" in instance.stdout_path.read_text()
+
+
 def test_stop_kills_a_service_that_ignores_sigint(make_image, start):
     script = "#!/bin/sh\ntrap '' INT TERM\nwhile true; do sleep 0.05; done\n"
     instance = start(make_image(startscript=script))

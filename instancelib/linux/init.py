@@ -12,8 +12,12 @@ PID 1 of the new PID namespace.  It:
    is killed, so a half-started instance can never run untracked;
 5. stays resident: reaps every orphan, forwards SIGHUP/SIGUSR1/SIGUSR2 to the
    service's process group, and on SIGINT/SIGTERM forwards the signal to every
-   process of the instance and exits once none is left.  When the service
-   exits by itself the instance stays up, idle (Singularity semantics).
+   process of the instance.  It then exits as soon as the service has exited
+   (the kernel kills whatever else is left: a shell's background jobs ignore
+   SIGINT and would otherwise hold the stop for its whole grace period) or, if
+   the service had already gone (a daemonising start script), once no process
+   is left.  When the service exits by itself the instance stays up, idle
+   (Singularity semantics).
 
 It imports only the standard library and allocates little after start-up:
 with 50 instances up, every one of them is resident.
@@ -192,6 +196,7 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None) 
     if channel is not None:
         poller.register(channel.fileno(), select.POLLIN)
     stopping = False
+    stop_with_service = False  # the service was running when the stop signal came
     while True:
         for fd, _events in poller.poll():
             if fd == wakeup:
@@ -199,7 +204,9 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None) 
                     if signum == signal.SIGCHLD:
                         continue  # reaped below, whatever woke us
                     if signum in _STOP_SIGNALS:
-                        stopping = True
+                        if not stopping:
+                            stopping = True
+                            stop_with_service = service is not None
                         with contextlib.suppress(OSError):
                             os.kill(-1, signum)
                     elif service is not None:
@@ -217,7 +224,7 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None) 
                     wire.send_message(channel, {"event": "service_exit",
                                                 "status": exited[service]})
             service = None
-        if stopping and not children_left:
+        if stopping and (not children_left or (stop_with_service and service is None)):
             os._exit(0)
 
 

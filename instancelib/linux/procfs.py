@@ -45,8 +45,11 @@ class ProcStat:
         return self.state not in ("Z", "X")
 
 
-def read_stat(pid: int, proc_root: str | None = None) -> ProcStat | None:
-    """Read ``/proc/PID/stat``; ``None`` when the process does not exist."""
+def read_stat(pid: int, proc_root: str | None = None, *, owner: bool = False) -> ProcStat | None:
+    """Read ``/proc/PID/stat``; ``None`` when the process does not exist.
+
+    ``owner=True`` also reads the process's owner (one more syscall); else ``uid`` is -1.
+    """
     root = proc_root or PROC_ROOT
     try:
         fd = os.open(f"{root}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -54,14 +57,14 @@ def read_stat(pid: int, proc_root: str | None = None) -> ProcStat | None:
         return None
     try:
         data = os.read(fd, 4096)
-        uid = os.fstat(fd).st_uid
+        uid = os.fstat(fd).st_uid if owner else -1
     except ProcessLookupError:
         return None
     finally:
         os.close(fd)
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    tail = data[data.rfind(b")") + 2 :].split()
-    if len(tail) < 20:
+    tail = data[data.rfind(b")") + 2 :].split(b" ", 20)
+    if len(tail) < 21:
         return None
     return ProcStat(pid, tail[0].decode(), int(tail[1]), int(tail[19]), uid)
 
