@@ -303,7 +303,7 @@ class Instance(metaclass=_NoPublicConstructor):
         with _Stdio(stdin, stdout, stderr, text) as stdio:
             status, theirs = wire.socketpair()
             try:
-                reply = client.get_forkserver().request(
+                reply, _ = client.get_forkserver().request(
                     {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
                      "namespaces": NAMESPACES, "cwd": cwd or self._record.cwd,
                      "argv": command, "env": environment, "tty": bool(tty)},
@@ -535,16 +535,25 @@ class _Launch:
         ours, theirs = client.new_channel()
         launch = cls(ours)
         try:
-            reply = client.get_forkserver().request({"op": "start", "plan": plan},
-                                                    [theirs.fileno(), out_fd, err_fd])
+            reply, fds = client.get_forkserver().request({"op": "start", "plan": plan},
+                                                         [theirs.fileno(), out_fd, err_fd])
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        if reply.get("error"):
+        if not reply.get("ok") or len(fds) != 1:
             ours.close()
-            raise StartError(f"the launcher failed: {reply['error']}", errno=reply.get("errno"))
+            for fd in fds:
+                os.close(fd)
+            raise StartError(str(reply.get("message") or reply.get("error") or "launch failed"),
+                             step=reply.get("step"), errno=reply.get("errno"))
+        launch.pidfd = fds[0]
+        try:
+            launch._adopt(int(reply["init_pid"]))
+        except BaseException:
+            launch.close()
+            raise
         return launch
 
     def _receive(self, deadline: float) -> dict[str, Any] | None:
@@ -558,9 +567,9 @@ class _Launch:
         return message
 
     def wait_until_running(self, deadline: float) -> None:
-        """Wait for PID 1's host PID and its "ready" report (or its error)."""
+        """Wait for PID 1's "ready" report (or its error)."""
         ready = None
-        while ready is None or not self.init_pid:
+        while ready is None:
             try:
                 message = self._receive(deadline)
             except TimeoutError:
@@ -568,9 +577,7 @@ class _Launch:
             if message is None:
                 raise StartError("the instance's PID 1 exited during set-up")
             event = message.get("event")
-            if event == "init":
-                self._adopt(int(message["pid"]))
-            elif event == "ready":
+            if event == "ready":
                 ready = message
             elif event == "error":
                 raise StartError(message.get("message") or "set-up failed",
@@ -580,11 +587,11 @@ class _Launch:
         self.cwd = str(ready["cwd"])
 
     def _adopt(self, pid: int) -> None:
+        """Note the new PID 1's identity; ``self.pidfd`` (from its parent) pins the process."""
         self.init_pid = pid
-        with contextlib.suppress(ProcessLookupError):
-            self.pidfd = os.pidfd_open(pid)
         stat = procfs.read_stat(pid)
-        if self.pidfd < 0 or stat is None:
+        # Read while the pidfd's process is alive, the stat is surely that process's.
+        if stat is None or not stat.running or procfs.wait_pidfd(self.pidfd, 0):
             raise StartError("the instance's PID 1 exited during set-up")
         self.starttime = stat.starttime
 

@@ -66,12 +66,14 @@ class ForkServer:
         self.owner_pid = os.getpid()
         self._lock = threading.Lock()
 
-    def request(self, message: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
-        """Send one request and return the server's reply."""
+    def request(self, message: dict[str, Any],
+                fds: list[int] | None = None) -> tuple[dict[str, Any], list[int]]:
+        """Send one request; return the server's reply and the fds that came with it."""
+        received: list[int] = []
         with self._lock:
             try:
                 wire.send_message(self.sock, message, fds)
-                reply, _ = wire.recv_message(self.sock)
+                reply, received = wire.recv_message(self.sock)
             except OSError as err:
                 reply = None
                 log.debug("fork-server request failed: %s", err)
@@ -79,7 +81,7 @@ class ForkServer:
             code = self.process.poll()
             raise StartError(f"the fork-server died (exit status {code}); "
                              "set INSTANCELIB_DEBUG=1 to see its output")
-        return reply
+        return reply, received
 
     def alive(self) -> bool:
         return self.process.poll() is None

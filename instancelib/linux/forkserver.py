@@ -1,4 +1,4 @@
-"""The fork-server: a warm, single-threaded process that forks launchers and joiners.
+"""The fork-server: a warm, single-threaded process that forks for the caller.
 
 A caller may be a notebook kernel with a dozen threads and a running event
 loop.  There ``unshare(CLONE_NEWNS)`` moves only one thread, ``setns`` into a
@@ -10,14 +10,16 @@ loaded, and this server forks.
 Requests arrive on a ``SOCK_SEQPACKET`` socket (see ``wire``):
 
 - ``{"op": "start", "plan": ...}`` with fds [channel, stdout log, stderr log]:
-  fork a launcher (``launch.run_launcher``), wait for it (it exits as soon as
-  the instance's PID 1 exists) and reply ``{"ok": true}``.  The launcher and
-  the init talk to the caller directly over the channel.
-- ``{"op": "exec", ...}`` with fds [status pipe, stdin, stdout, stderr]: fork
-  a joiner (``join.run_join``) and reply ``{"ok": true}``; the joiner reports
-  over the status pipe and is reaped here when it exits.
+  hand the plan and fds to the *spare* PID 1 (see ``launch``; made now if
+  none is ready) and reply ``{"ok": true, "init_pid": PID}``.  The new PID 1
+  talks to the caller directly over the channel.  A new spare is then made
+  in the background, ready for the next start.
+- ``{"op": "exec", ...}`` with fds [status socket, stdin, stdout, stderr]:
+  fork a joiner (``join.run_join``) and reply ``{"ok": true}``; the joiner
+  reports over the status socket and is reaped here when it exits.
 
-The server exits when the caller closes its end (the caller exited).
+The server exits when the caller closes its end (the caller exited); its
+spare sees the server's end close and exits too.
 Only the standard library is imported.
 """
 
@@ -38,52 +40,97 @@ from instancelib.linux.launch import run_launcher
 __all__ = ["main"]
 
 
+class _Spare:
+    """A spare PID 1 (or one being made): its host PID and our end of its socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pid = 0
+        self.pidfd = -1
+        self.error: dict[str, Any] | None = None
+
+    def receive_report(self) -> None:
+        """Read the launcher's report: the spare's PID, or why none could be made."""
+        try:
+            message, fds = wire.recv_message(self.sock)
+        except OSError as err:
+            fds = []
+            message = {"event": "error", "step": "make a PID 1", "message": str(err),
+                       "errno": err.errno}
+        if message is None:
+            message = {"event": "error", "step": "make a PID 1",
+                       "message": "the launcher exited without reporting", "errno": None}
+        if message.get("event") == "spare" and len(fds) == 1:
+            self.pid = int(message["pid"])
+            self.pidfd = fds[0]
+        else:
+            self.error = message
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+
 class _Server:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, _noop)
         signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
+        self.spare: _Spare | None = None
+        self.poller = select.poll()
 
     def serve(self) -> None:
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        poller.register(self.wake_read, select.POLLIN)
+        self.poller.register(self.sock.fileno(), select.POLLIN)
+        self.poller.register(self.wake_read, select.POLLIN)
         while True:
-            for fd, _events in poller.poll():
+            for fd, _events in self.poller.poll():
                 if fd == self.wake_read:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_read, 4096)
                     _reap_children()
-                else:
-                    message, fds = wire.recv_message(self.sock)
-                    if message is None:
+                elif self.spare is not None and fd == self.spare.sock.fileno():
+                    self.poller.unregister(fd)
+                    self.spare.receive_report()
+                elif fd == self.sock.fileno():
+                    if not self.serve_one():
                         return
-                    try:
-                        reply = self.handle(message, fds)
-                    except Exception as err:  # reply with the failure; keep serving
-                        reply = {"ok": False, "error": f"{type(err).__name__}: {err}",
-                                 "errno": getattr(err, "errno", None)}
-                    finally:
-                        for received in fds:
-                            with contextlib.suppress(OSError):
-                                os.close(received)
-                    wire.send_message(self.sock, reply)
 
-    def handle(self, message: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def serve_one(self) -> bool:
+        message, fds = wire.recv_message(self.sock)
+        if message is None:
+            return False
+        passed: list[int] = []
+        try:
+            reply, passed = self.handle(message, fds)
+        except Exception as err:  # reply with the failure; keep serving
+            reply = {"ok": False, "error": f"{type(err).__name__}: {err}",
+                     "errno": getattr(err, "errno", None)}
+        finally:
+            for received in fds:
+                with contextlib.suppress(OSError):
+                    os.close(received)
+        try:
+            wire.send_message(self.sock, reply, passed)
+        finally:
+            for fd in passed:
+                os.close(fd)
+        if message.get("op") == "start" and self.spare is None:
+            self.make_spare()  # for the next start, while the caller waits on this one
+        return True
+
+    def handle(self, message: dict[str, Any],
+               fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """Carry out one request; return the reply and the fds to send with it."""
         op = message.get("op")
         if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
+            return {"ok": True, "pid": os.getpid()}, []
         if op == "start":
-            channel_fd, out_fd, err_fd = fds
-            pid = self.fork_child()
-            if pid == 0:
-                try:
-                    run_launcher(message["plan"], socket.socket(fileno=channel_fd), out_fd, err_fd)
-                finally:
-                    os._exit(1)  # never fall back into the server loop in a child
-            _, status = os.waitpid(pid, 0)
-            return {"ok": os.waitstatus_to_exitcode(status) == 0}
+            return self.start(message["plan"], fds)
         if op == "exec":
             status_fd, *stdio = fds
             pid = self.fork_child()
@@ -91,9 +138,57 @@ class _Server:
                 try:
                     run_join(message, status_fd, stdio)
                 finally:
-                    os._exit(1)
-            return {"ok": True, "joiner": pid}
+                    os._exit(1)  # never fall back into the server loop in a child
+            return {"ok": True, "joiner": pid}, []
         raise ValueError(f"unknown request {op!r}")
+
+    def start(self, plan: dict[str, Any],
+              fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """Hand the plan to a spare PID 1 (making one first if none is ready).
+
+        The reply carries the PID 1's pidfd, so the caller never has to trust a bare PID.
+        """
+        for _attempt in range(2):
+            spare = self.take_spare()
+            if spare.error is not None:
+                spare.close()
+                return {"ok": False, **spare.error}, []
+            try:
+                wire.send_message(spare.sock, {"plan": plan}, fds)
+            except OSError:
+                spare.close()
+                continue  # the spare died (killed from outside): make another
+            pidfd, spare.pidfd = spare.pidfd, -1
+            spare.close()
+            return {"ok": True, "init_pid": spare.pid}, [pidfd]
+        return {"ok": False, "step": "make a PID 1", "errno": None,
+                "message": "spare PID 1 processes keep dying"}, []
+
+    def take_spare(self) -> _Spare:
+        spare = self.spare
+        if spare is None:
+            spare = self.make_spare()
+        if not spare.pid and spare.error is None:  # still being made: wait for it
+            with contextlib.suppress(KeyError):
+                self.poller.unregister(spare.sock.fileno())
+            spare.receive_report()
+        self.spare = None
+        return spare
+
+    def make_spare(self) -> _Spare:
+        """Fork a launcher that makes a spare PID 1; its report is read later."""
+        ours, theirs = wire.socketpair()
+        pid = self.fork_child()
+        if pid == 0:
+            ours.close()
+            try:
+                run_launcher(theirs)
+            finally:
+                os._exit(1)
+        theirs.close()
+        self.spare = _Spare(ours)
+        self.poller.register(ours.fileno(), select.POLLIN)
+        return self.spare
 
     def fork_child(self) -> int:
         pid = os.fork()
@@ -104,6 +199,8 @@ class _Server:
             os.close(self.wake_read)
             os.close(self.wake_write)
             self.sock.close()
+            if self.spare is not None:
+                self.spare.close()
         return pid
 
 

@@ -3,7 +3,9 @@
 Forked by the launcher right after ``unshare(CLONE_NEWPID ...)``, so it is
 PID 1 of the new PID namespace.  It:
 
-1. detaches from the caller (own session, stdio on /dev/null);
+0. waits, as a *spare*, in its own session with stdio on /dev/null, until
+   the fork-server hands it a plan; then unshares its mount namespace;
+1. names itself after the instance;
 2. builds the root filesystem and pivots into it (``container``);
 3. computes the environment (``envscripts``) and spawns the start/run script
    with ``posix_spawn``; an exec failure is reported, not swallowed;
@@ -35,7 +37,7 @@ from typing import Any
 
 from instancelib.linux import container, envscripts, syscalls, wire
 
-__all__ = ["run_init"]
+__all__ = ["run_init", "run_spare"]
 
 STARTSCRIPT = "/.singularity.d/startscript"
 RUNSCRIPT = "/.singularity.d/runscript"
@@ -45,11 +47,36 @@ _FORWARD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUI
 _HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, *_FORWARD_SIGNALS)
 
 
-def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: int) -> None:
-    """Become the instance's PID 1; never returns."""
+def run_spare(control: socket.socket) -> None:
+    """Wait as a spare PID 1 for a plan, then become that instance; never returns.
+
+    EOF on ``control`` (the fork-server went away) ends the spare.
+    """
+    wakeup = _prepare_process()
     try:
-        wakeup = _prepare_process(plan["name"], plan["user"])
+        job, fds = wire.recv_message(control)
+    except OSError:
+        os._exit(1)
+    control.close()
+    if job is None or len(fds) != 3:
+        os._exit(0)
+    with contextlib.suppress(BlockingIOError):  # signals that reached the spare are not ours
+        os.read(wakeup, 4096)
+    channel_fd, out_fd, err_fd = fds
+    run_init(job["plan"], socket.socket(fileno=channel_fd), out_fd, err_fd, wakeup)
+
+
+def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: int,
+             wakeup: int) -> None:
+    """Become the instance described by ``plan``; never returns."""
+    try:
+        _name_process(plan["name"], plan["user"])
         try:
+            try:
+                syscalls.unshare(syscalls.CLONE_NEWNS)
+            except OSError as err:
+                raise container.SetupError("unshare the mount namespace", err.strerror or "",
+                                           errno=err.errno) from err
             container.setup_container(plan)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
@@ -77,7 +104,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
     _supervise(wakeup, channel, service)
 
 
-def _prepare_process(name: str, user: str) -> int:
+def _prepare_process() -> int:
     """Own session, quiet stdio, signal wake-ups; return the wake-up pipe's read end."""
     os.setsid()
     devnull = os.open("/dev/null", os.O_RDWR)
@@ -85,8 +112,7 @@ def _prepare_process(name: str, user: str) -> int:
         os.dup2(devnull, fd)
     os.close(devnull)
     with contextlib.suppress(OSError):
-        syscalls.prctl_set_name(f"init:{name}")
-        syscalls.set_process_title(f"instancelib-init: {user} [{name}]")
+        syscalls.set_process_title("instancelib-spare")
     gc.disable()
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     # PID 1 only receives signals it has a handler for; a no-op Python handler
@@ -95,6 +121,13 @@ def _prepare_process(name: str, user: str) -> int:
         signal.signal(sig, _ignore)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
     return read_end
+
+
+def _name_process(name: str, user: str) -> None:
+    """Show the instance in ``ps``: ``instancelib-init: USER [NAME]``."""
+    with contextlib.suppress(OSError):
+        syscalls.prctl_set_name("instancelib-init")
+        syscalls.set_process_title(f"instancelib-init: {user} [{name}]")
 
 
 def _ignore(_signum: int, _frame: object) -> None:

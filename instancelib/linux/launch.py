@@ -1,10 +1,16 @@
-"""The launcher: enter new namespaces and fork the instance's PID 1.
+"""The launcher: make a PID 1 in new namespaces, ready to become an instance.
 
 Runs in a child of the fork-server.  ``unshare(CLONE_NEWPID)`` only applies
 to children, so the launcher forks once more; that child is PID 1 of the new
-namespace.  The launcher tells the caller the init's host PID and exits, so
-the init is re-parented to the host's reaper and outlives everything that
-started it, as a background service must.
+PID namespace.  The launcher reports the child's host PID to the fork-server
+and exits, so the PID 1 is re-parented to the host's reaper and outlives
+everything that made it, as a background service must.
+
+The PID 1 made here is a *spare* (``init.run_spare``): it waits for a plan.
+The fork-server keeps one ready, so a start does not pay for two forks and
+three unshares.  The spare is still in the host's mount namespace: it
+unshares its own only when a plan arrives, so it never works on a stale copy
+of the host's mounts.
 
 Only the standard library is imported.
 """
@@ -13,16 +19,17 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
 from instancelib.linux import syscalls, wire
-from instancelib.linux.init import run_init
+from instancelib.linux.init import run_spare
 
-__all__ = ["NAMESPACES", "run_launcher"]
+__all__ = ["NAMESPACES", "SPARE_NAMESPACES", "run_launcher"]
 
+# What an instance gets; the spare unshares all but the mount namespace.
 NAMESPACES = (
     syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
 )
+SPARE_NAMESPACES = NAMESPACES & ~syscalls.CLONE_NEWNS
 
 _UNSHARE_ADVICE = {
     1: "creating namespaces needs root (CAP_SYS_ADMIN)",
@@ -31,14 +38,14 @@ _UNSHARE_ADVICE = {
 }
 
 
-def run_launcher(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: int) -> None:
-    """Unshare, fork PID 1, report its host PID; never returns."""
+def run_launcher(control: socket.socket) -> None:
+    """Unshare, fork a spare PID 1, report its host PID over ``control``; never returns."""
     try:
-        syscalls.unshare(NAMESPACES)
+        syscalls.unshare(SPARE_NAMESPACES)
     except OSError as err:
         advice = _UNSHARE_ADVICE.get(err.errno or 0)
         message = err.strerror or str(err)
-        wire.send_message(channel, {
+        wire.send_message(control, {
             "event": "error", "step": "unshare namespaces",
             "message": f"{message} ({advice})" if advice else message,
             "errno": err.errno, "path": None,
@@ -46,7 +53,12 @@ def run_launcher(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_
         os._exit(1)
     pid = os.fork()
     if pid == 0:
-        run_init(plan, channel, out_fd, err_fd)
-        os._exit(1)  # run_init never returns
-    wire.send_message(channel, {"event": "init", "pid": pid})
+        try:
+            run_spare(control)
+        finally:
+            os._exit(1)  # run_spare never returns
+    # Only we can reap the child, so this pidfd surely refers to it; it travels
+    # with the PID to the fork-server and on to the caller.
+    pidfd = os.pidfd_open(pid)
+    wire.send_message(control, {"event": "spare", "pid": pid}, [pidfd])
     os._exit(0)
