@@ -6,7 +6,9 @@ Measures, as medians over ``-n`` rounds (after warm-up rounds):
 - start: ``Instance.start()`` call until it returns (the start script has been exec'd);
 - exec: ``instance.exec(["true"])``;
 - stop: ``instance.stop()`` (signal until PID 1 and every process are gone);
-- list: ``InstanceRegistry.list()`` with ``--list-count`` (1000) real instances up;
+- list: ``InstanceRegistry.list()`` with ``--list-count`` (1000) real instances up,
+  warm (repeated calls on one registry object, which keeps parsed records)
+  and cold (the first call in a fresh registry object, as in a new process);
 - PSS: the proportional set size of each instance's PID 1 with ``--pss-count`` (50) up.
 
 Then, unless ``--no-peers``, runs ``../shared/bench/peers/bench.py`` for the
@@ -77,12 +79,16 @@ def measure_scale(image: Image, registry: InstanceRegistry, pss_count: int, list
         pss = [pss_kb(i.pid) for i in instances]
         for k in range(pss_count, list_count):
             instances.append(Instance.start(image, f"pss{k}", registry=registry))
-        lists = []
+        lists, cold = [], []
         for _ in range(list_rounds):
             began = time.perf_counter()
             count = len(registry.list())
             lists.append(time.perf_counter() - began)
             assert count == list_count, count
+            fresh = InstanceRegistry(registry.root)
+            began = time.perf_counter()
+            fresh.list()
+            cold.append(time.perf_counter() - began)
         env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
         began = time.perf_counter()
         subprocess.run([sys.executable, "-m", "instancelib", "instance", "list"], env=env,
@@ -92,8 +98,8 @@ def measure_scale(image: Image, registry: InstanceRegistry, pss_count: int, list
         began = time.perf_counter()
         stop_instances(instances)
         stop_all = time.perf_counter() - began
-    return {"pss_kb": pss, "list": lists, "cli_list": cli_list, "stop_all": stop_all,
-            "count": len(instances)}
+    return {"pss_kb": pss, "list": lists, "list_cold": cold, "cli_list": cli_list,
+            "stop_all": stop_all, "count": len(instances)}
 
 
 def run_peer(peer: str, rounds: int, scale: int) -> dict[str, float] | str:
@@ -168,7 +174,8 @@ def main() -> int:
     print(f"# instancelib: first start in a process (fork-server start-up) "
           f"{first_start * 1000:.1f} ms; CLI `instance list` with {args.list_count}: "
           f"{scale['cli_list'] * 1000:.0f} ms; stop of all {scale['count']}: "  # type: ignore[operator]
-          f"{scale['stop_all']:.2f} s")  # type: ignore[str-format]
+          f"{scale['stop_all']:.2f} s; list({args.list_count}) cold (first call in a process): "
+          f"{ms(scale['list_cold']):.1f} ms")  # type: ignore[arg-type]
     print()
     print(f"| runtime | start ms | exec `true` ms | stop ms | list ms | PID 1 / monitor PSS KB |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -191,6 +191,11 @@ class InstanceRegistry:
         self.instances_dir = self.root / "instances" / self.host
         self.logs_dir = self.root / "logs" / self.host
         self._records_prefix = f"{self.instances_dir}/"  # str paths: list() is a hot path
+        # Parsed records by name, with the (inode, mtime, size) of the file they
+        # came from.  A record file is never modified, only replaced (rename),
+        # so an unchanged key means an unchanged record; liveness is still
+        # checked on every read.
+        self._parsed: dict[str, tuple[tuple[int, int, int], InstanceRecord]] = {}
 
     def __repr__(self) -> str:
         return f"InstanceRegistry({str(self.root)!r})"
@@ -243,16 +248,25 @@ class InstanceRegistry:
         """Records of running instances matching ``pattern`` (dead ones are pruned)."""
         found = []
         match_all = pattern == "*"
-        for name in self._names():
+        for name, key in self._entries():
             if not match_all and not fnmatch.fnmatchcase(name, pattern):
                 continue
-            record = self._load(name)
+            cached = self._parsed.get(name)
+            if cached is not None and cached[0] == key and cached[1].is_alive():
+                record: InstanceRecord | None = cached[1]
+            else:
+                record = self._load(name)
+                if record is not None:
+                    self._parsed[name] = (key, record)
+                else:
+                    self._parsed.pop(name, None)
             if record is not None and record.state == "running":
                 found.append(record)
         found.sort(key=lambda r: r.name)
         return found
 
-    def _names(self) -> Iterator[str]:
+    def _entries(self) -> Iterator[tuple[str, tuple[int, int, int]]]:
+        """(name, (inode, mtime_ns, size)) of every record file."""
         try:
             entries = os.scandir(self.instances_dir)
         except FileNotFoundError:
@@ -262,7 +276,11 @@ class InstanceRegistry:
                 # Temporary files end in ".tmp" and the lock is ".lock": only
                 # records end in ".json" (names may start with a dot).
                 if entry.name.endswith(".json"):
-                    yield entry.name[:-5]
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield entry.name[:-5], (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def record_path(self, name: str) -> Path:
         return self.instances_dir / f"{name}.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 
 import attrs
 import pytest
@@ -155,3 +156,26 @@ def test_registry_on_a_file_is_a_registry_error(tmp_path):
 
 def test_list_of_an_empty_registry(tmp_path):
     assert InstanceRegistry(tmp_path / "none").list() == []
+
+
+def test_cached_record_is_reread_when_replaced(tmp_path):
+    registry = InstanceRegistry(tmp_path)
+    registry.claim(own_record("a", image="/one"))
+    assert [r.image for r in registry.records()] == ["/one"]
+    registry._write(own_record("a", image="/two"))
+    assert [r.image for r in registry.records()] == ["/two"]
+
+
+def test_cached_record_of_an_ended_process_is_pruned(tmp_path):
+    child = subprocess.Popen(["sleep", "100"])
+    try:
+        stat = procfs.read_stat(child.pid)
+        assert stat is not None
+        registry = InstanceRegistry(tmp_path)
+        registry.claim(own_record("a", pid=child.pid, starttime=stat.starttime))
+        assert [r.name for r in registry.records()] == ["a"]
+    finally:
+        child.kill()
+        child.wait()
+    assert registry.records() == []
+    assert not registry.record_path("a").exists()
