@@ -116,7 +116,8 @@ def run_peer(peer: str, rounds: int, scale: int) -> dict[str, float] | str:
                                "--scale", str(scale), "--json", out.name],
                               capture_output=True, text=True, timeout=1800, check=False)
         try:
-            data = json.load(open(out.name))
+            with open(out.name) as f:
+                data = json.load(f)
         except ValueError:
             return f"failed: {proc.stderr.strip()[-300:]}"
     if "error" in data:
@@ -177,7 +178,7 @@ def main() -> int:
           f"{scale['stop_all']:.2f} s; list({args.list_count}) cold (first call in a process): "
           f"{ms(scale['list_cold']):.1f} ms")  # type: ignore[arg-type]
     print()
-    print(f"| runtime | start ms | exec `true` ms | stop ms | list ms | PID 1 / monitor PSS KB |")
+    print("| runtime | start ms | exec `true` ms | stop ms | list ms | PID 1 / monitor PSS KB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, row in rows.items():
         if isinstance(row, str):

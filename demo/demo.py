@@ -83,7 +83,8 @@ def main() -> int:
         for instance in instances:
             url = f"http://127.0.0.1:{instance.port}/"  # type: ignore[attr-defined]
             with urllib.request.urlopen(url, timeout=5) as response:
-                print(f"{instance.name}: HTTP {response.status}: {response.read().decode().strip()}")
+                page = response.read().decode().strip()
+                print(f"{instance.name}: HTTP {response.status}: {page}")
 
         step("list the instances with the CLI")
         cli("instance", "list", home=registry.root)

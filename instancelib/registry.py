@@ -13,10 +13,12 @@ half of one.  Records are not fsynced (DESIGN.md asks for it; this is a
 deliberate departure): a record describes running processes, and no process
 survives a crash of the machine, so a durable record would only describe
 the dead.  A file torn by a crash is unreadable, and unreadable records are
-pruned.  Skipping the three fsyncs saves about 1.4 ms per start here.  A name is claimed under the lock: if a live record holds
-it, the claim fails with ``NameConflict``; exactly one of N concurrent starts
-of a name wins.  A record whose process has ended (or whose PID now belongs
-to another process: the start time differs) is removed when read.
+pruned.  Skipping the three fsyncs saves about 1.4 ms per start here.
+
+A name is claimed under the lock: if a live record holds it, the claim fails
+with ``NameConflict``; exactly one of N concurrent starts of a name wins.  A
+record whose process has ended (or whose PID now belongs to another process:
+the start time differs) is removed when read.
 """
 
 from __future__ import annotations

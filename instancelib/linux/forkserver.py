@@ -96,9 +96,8 @@ class _Server:
                 elif self.spare is not None and fd == self.spare.sock.fileno():
                     self.poller.unregister(fd)
                     self.spare.receive_report()
-                elif fd == self.sock.fileno():
-                    if not self.serve_one():
-                        return
+                elif fd == self.sock.fileno() and not self.serve_one():
+                    return
 
     def serve_one(self) -> bool:
         message, fds = wire.recv_message(self.sock)
