@@ -48,6 +48,11 @@ _MS_NODIRATIME = 2048
 
 # Device nodes of a minimal /dev (``contain=True``), bind-mounted from the host.
 _MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# (directory, filesystem, flags, options): a devpts instance of its own, and /dev/shm.
+_MINIMAL_SUBMOUNTS = (
+    ("pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    ("shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+)
 _MINIMAL_LINKS = {
     "fd": "/proc/self/fd",
     "stdin": "/proc/self/fd/0",
@@ -338,20 +343,14 @@ def _mount_minimal_dev(fd: int, root_fd: int, root: str, target: str) -> None:
                 raise _step(f"bind {host} into {target}", host)(err) from err
             finally:
                 os.close(node)
-        for name in ("pts", "shm"):
+        for name, fstype, flags, options in _MINIMAL_SUBMOUNTS:
             os.mkdir(name, 0o755, dir_fd=dev)
-        pts = pathwalk.open_in_root(dev, "pts")
-        try:
-            _mount(f"mount devpts on {target}/pts", "devpts", pts, "devpts",
-                   MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620", target)
-        finally:
-            os.close(pts)
-        shm = pathwalk.open_in_root(dev, "shm")
-        try:
-            _mount(f"mount tmpfs on {target}/shm", "tmpfs", shm, "tmpfs",
-                   MS_NOSUID | MS_NODEV, "mode=1777", target)
-        finally:
-            os.close(shm)
+            fd_below = pathwalk.open_in_root(dev, name)
+            try:
+                _mount(f"mount {fstype} on {target}/{name}", fstype, fd_below, fstype, flags,
+                       options, target)
+            finally:
+                os.close(fd_below)
         for name, link in _MINIMAL_LINKS.items():
             os.symlink(link, name, dir_fd=dev)
     except OSError as err:
