@@ -664,7 +664,11 @@ class _Stdio:
 
     def _child_fd(self, index: int, spec: Any) -> int:
         if spec is None:
-            return index
+            try:
+                os.fstat(index)
+                return index
+            except OSError:  # this process has no such descriptor: the command gets /dev/null
+                spec = subprocess.DEVNULL
         if spec == subprocess.PIPE:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             child, parent = (read_end, write_end) if index == 0 else (write_end, read_end)

@@ -64,6 +64,7 @@ class ForkServer:
             theirs.close()
         self.sock = ours
         self.owner_pid = os.getpid()
+        self.broken = False
         self._lock = threading.Lock()
 
     def request(self, message: dict[str, Any],
@@ -71,12 +72,21 @@ class ForkServer:
         """Send one request; return the server's reply and the fds that came with it."""
         received: list[int] = []
         with self._lock:
+            if self.broken:
+                raise StartError("the fork-server connection was interrupted; retry")
             try:
                 wire.send_message(self.sock, message, fds)
                 reply, received = wire.recv_message(self.sock)
             except OSError as err:
                 reply = None
                 log.debug("fork-server request failed: %s", err)
+            except BaseException:
+                # Interrupted (KeyboardInterrupt...) between request and reply: the
+                # reply would be read as the answer to the next request.  Retire
+                # this server; the next caller gets a new one.
+                self.broken = True
+                self.close()
+                raise
         if reply is None:
             code = self.process.poll()
             raise StartError(f"the fork-server died (exit status {code}); "
@@ -84,7 +94,7 @@ class ForkServer:
         return reply, received
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self.broken and self.process.poll() is None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
