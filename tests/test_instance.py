@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ from instancelib import (
     NotFound,
     StartError,
 )
-from instancelib.linux import procfs
+from instancelib.linux import client, procfs, wire
 from tests.helpers import wait_for
 
 SLEEPER = "#!/bin/sh\nexec sleep 1000\n"
@@ -795,8 +796,6 @@ def _start_in_forked_child(image_path: str, root: str, queue) -> None:  # type: 
 
 
 def test_a_forked_caller_gets_its_own_fork_server(image, registry):
-    import multiprocessing
-
     Instance.start(image, "parent", registry=registry)
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -811,8 +810,6 @@ def test_a_forked_caller_gets_its_own_fork_server(image, registry):
 
 
 def test_interrupted_request_retires_the_fork_server(image, registry, monkeypatch):
-    from instancelib.linux import client, wire
-
     first = client.get_forkserver()
     real_recv = wire.recv_message
 
