@@ -220,6 +220,8 @@ def _reap_children() -> None:
 def main(fd: int) -> None:
     """Serve requests on the inherited socket ``fd`` until the caller goes away."""
     server = _Server(socket.socket(fileno=fd))
+    # As any daemon: never pin the caller's directory (its filesystem could not unmount).
+    os.chdir("/")
     with contextlib.suppress(OSError):
         syscalls.set_process_title(f"instancelib-forkserver (for pid {os.getppid()})")
     # Objects alive now are shared with every forked child; keeping the
