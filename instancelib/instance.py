@@ -24,13 +24,16 @@ from instancelib.errors import (
     ExecError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     StartError,
     StartTimeout,
     Timeout,
+    Unsupported,
 )
 from instancelib.image import Image
 from instancelib.linux import client, envscripts, pathwalk, procfs, syscalls, wire
 from instancelib.linux.launch import NAMESPACES
+from instancelib.linux.syscalls import CLONE_NEWUSER
 from instancelib.process import ExecResult, InstanceProcess, raise_exec_failure
 from instancelib.readiness import ReadySpec, as_probe
 from instancelib.registry import InstanceRecord, InstanceRegistry, validate_name
@@ -115,6 +118,7 @@ class Instance(metaclass=_NoPublicConstructor):
         registry: InstanceRegistry | None = None,
         ready: ReadySpec | None = None,
         timeout: float = 30.0,
+        fakeroot: bool = False,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -141,11 +145,17 @@ class Instance(metaclass=_NoPublicConstructor):
             registry: where to record the instance (default: the user's).
             ready: a readiness probe (see ``instancelib.readiness``).
             timeout: seconds for the whole start, readiness included.
+            fakeroot: for an ordinary user, be root inside (with the user's
+                /etc/subuid range mapped too when there is one); root is
+                already root.
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
             ImageError: the image cannot be used.
             NameConflict: an instance of that name is running or starting.
+            PermissionDenied: ``registry`` is another user's.
+            Unsupported: the kernel or the administrator forbids what is needed
+                (unprivileged user namespaces; the message names the setting).
             StartError: set-up or exec failed (``StartTimeout`` if out of time);
                 nothing of the instance is left behind.
         """
@@ -156,15 +166,21 @@ class Instance(metaclass=_NoPublicConstructor):
         bind_list = parse_binds(binds)
         probe = as_probe(ready) if ready is not None else None
         registry = registry if registry is not None else InstanceRegistry()
+        if registry.owner_uid != os.geteuid():
+            raise PermissionDenied("instances are started in your own registry, not in UID "
+                                   f"{registry.owner_uid}'s", name=name)
         plan = launchplan.build_launch_plan(
             image, name, args=args, run=run, writable_tmpfs=writable_tmpfs, binds=bind_list,
             env=env, cleanenv=cleanenv, contain=contain, hostname=hostname, timeout=timeout,
+            fakeroot=fakeroot,
         )
+        if plan.note:
+            log.warning("instance %r: %s", name, plan.note)
         launchplan.ensure_session_dir(plan.session_dir)
         me = procfs.read_stat(os.getpid())
         assert me is not None
         claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
-                               owner_starttime=me.starttime)
+                               owner_starttime=me.starttime, uid=os.geteuid())
         registry.claim(claim)
         written = [claim]
         with contextlib.ExitStack() as on_failure:
@@ -177,7 +193,7 @@ class Instance(metaclass=_NoPublicConstructor):
             err_offset = os.fstat(err_fd).st_size
             try:
                 launch = _Launch.begin(plan.to_wire(), out_fd, err_fd)
-            except StartError as err:
+            except (StartError, Unsupported) as err:
                 err.name = name
                 raise
             on_failure.callback(launch.abort)
@@ -187,6 +203,8 @@ class Instance(metaclass=_NoPublicConstructor):
                 err.name = name
                 err.detail = err.detail or _tail(err_path, err_offset)
                 raise
+            for note in launch.notes:
+                log.warning("instance %r: %s", name, note)
             service_pid, service_start = _service_identity(launch.init_pid)
             record = InstanceRecord(
                 name=name, state="running", pid=launch.init_pid, starttime=launch.starttime,
@@ -196,7 +214,9 @@ class Instance(metaclass=_NoPublicConstructor):
                 service_starttime=service_start,
                 options={"run": bool(run), "args": list(plan.args),
                          "writable_tmpfs": bool(writable_tmpfs), "contain": bool(contain),
-                         "hostname": hostname, "binds": [str(b) for b in bind_list]},
+                         "hostname": hostname, "binds": [str(b) for b in bind_list],
+                         "fakeroot": bool(fakeroot)},
+                namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
             )
             registry.publish(record, launch.env)
             written.append(record)
@@ -224,12 +244,14 @@ class Instance(metaclass=_NoPublicConstructor):
     @property
     def stdout_path(self) -> Path:
         """The log file holding the service's standard output."""
-        return Path(self._record.log_out)
+        # Derived from the registry, never read from the record: a record
+        # pointing at another file must not make us read (or follow) it.
+        return self.registry.log_paths(self.name)[0]
 
     @property
     def stderr_path(self) -> Path:
         """The log file holding the service's standard error."""
-        return Path(self._record.log_err)
+        return self.registry.log_paths(self.name)[1]
 
     @property
     def ip(self) -> str:
@@ -243,7 +265,7 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
-        return procfs.is_alive(self.pid, self._record.starttime)
+        return procfs.is_alive(self.pid, self._record.starttime, uid=self._record.uid)
 
     @property
     def status(self) -> InstanceStatus:
@@ -305,7 +327,8 @@ class Instance(metaclass=_NoPublicConstructor):
             try:
                 reply, _ = client.get_forkserver().request(
                     {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
-                     "namespaces": NAMESPACES, "cwd": cwd or self._record.cwd,
+                     "uid": self._record.uid, "namespaces": self._record.namespaces,
+                     "cwd": cwd or self._record.cwd,
                      "argv": command, "env": environment, "tty": bool(tty)},
                     [theirs.fileno(), *stdio.child_fds],
                 )
@@ -448,8 +471,10 @@ class Instance(metaclass=_NoPublicConstructor):
         self._forget()
 
     def _pidfd(self) -> int:
+        """A pidfd of PID 1, after checking start time, owner and that it is an instance's init."""
         try:
-            return procfs.open_verified_pidfd(self.pid, self._record.starttime)
+            return procfs.open_verified_pidfd(self.pid, self._record.starttime,
+                                              uid=self._record.uid, init=True)
         except ProcessLookupError:
             raise NotFound("the instance is not running", name=self.name,
                            pid=self.pid) from None
@@ -528,6 +553,7 @@ class _Launch:
         self.pidfd = -1
         self.env: dict[str, str] = {}
         self.cwd = "/"
+        self.notes: list[str] = []
         self.service_status: int | None = None
 
     @classmethod
@@ -546,8 +572,9 @@ class _Launch:
             ours.close()
             for fd in fds:
                 os.close(fd)
-            raise StartError(str(reply.get("message") or reply.get("error") or "launch failed"),
-                             step=reply.get("step"), errno=reply.get("errno"))
+            error = Unsupported if reply.get("unsupported") else StartError
+            raise error(str(reply.get("message") or reply.get("error") or "launch failed"),
+                        step=reply.get("step"), errno=reply.get("errno"))
         launch.pidfd = fds[0]
         try:
             launch._adopt(int(reply["init_pid"]))
@@ -585,6 +612,7 @@ class _Launch:
                                  path=message.get("path"))
         self.env = {str(k): str(v) for k, v in ready["env"].items()}
         self.cwd = str(ready["cwd"])
+        self.notes = [str(note) for note in ready.get("notes", [])]
 
     def _adopt(self, pid: int) -> None:
         """Note the new PID 1's identity; ``self.pidfd`` (from its parent) pins the process."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,10 +21,18 @@ import attrs
 
 from instancelib import environment
 from instancelib.binds import Bind
-from instancelib.errors import InvalidArgument, StartError
+from instancelib.errors import InvalidArgument, PermissionDenied, StartError
 from instancelib.image import Image
+from instancelib.linux.userns import has_host_root
 
-__all__ = ["SESSION_SIZE", "LaunchPlan", "MountOp", "build_launch_plan", "session_dir"]
+__all__ = [
+    "SESSION_SIZE",
+    "LaunchPlan",
+    "MountOp",
+    "build_launch_plan",
+    "session_dir",
+    "user_namespace_plan",
+]
 
 # Size of the per-instance staging tmpfs: it holds the writable-tmpfs upper
 # layer, as Apptainer's "sessiondir max size = 64" (MiB) does.
@@ -71,6 +81,8 @@ class LaunchPlan:
     command_kind: str
     args: tuple[str, ...]
     timeout: float
+    userns: dict[str, Any] | None = None
+    note: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -87,29 +99,93 @@ class LaunchPlan:
             "cwd": list(self.cwd),
             "command": {"kind": self.command_kind, "args": list(self.args)},
             "timeout": self.timeout,
+            "userns": self.userns,
+            "note": self.note,
         }
+
+
+def _subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first ``user:start:count`` (or ``uid:start:count``) range of /etc/subuid-style files."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)):
+            try:
+                start, count = int(fields[1]), int(fields[2])
+            except ValueError:
+                continue
+            if count > 0:
+                return start, count
+    return None
+
+
+def user_namespace_plan(*, fakeroot: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The user namespace an instance of this caller gets, and a note for its log.
+
+    Host root gets none (``fakeroot`` changes nothing for root).  An ordinary
+    user keeps their own UID/GID inside; with ``fakeroot`` they are root
+    inside, and their subordinate ranges are mapped after root when
+    /etc/subuid and /etc/subgid have one and newuidmap/newgidmap exist.
+    """
+    if has_host_root():
+        return None, None
+    uid, gid = os.geteuid(), os.getegid()
+    if not fakeroot:
+        return {"uid_map": [[uid, uid, 1]], "gid_map": [[gid, gid, 1]], "helpers": False}, None
+    user = pwd.getpwuid(uid).pw_name
+    sub_uids = _subordinate_range("/etc/subuid", user, uid)
+    sub_gids = _subordinate_range("/etc/subgid", user, uid)
+    helpers = shutil.which("newuidmap") is not None and shutil.which("newgidmap") is not None
+    if sub_uids and sub_gids and helpers:
+        return {"uid_map": [[0, uid, 1], [1, *sub_uids]],
+                "gid_map": [[0, gid, 1], [1, *sub_gids]], "helpers": True}, None
+    missing = ("newuidmap/newgidmap (Debian package uidmap)" if not helpers else
+               f"a range for {user} in /etc/subuid and /etc/subgid")
+    note = (f"fakeroot without {missing}: only root is mapped inside, so changing a "
+            "file's owner to any other user or group fails")
+    return {"uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]], "helpers": False}, note
 
 
 def session_dir() -> str:
     """The empty directory PID 1 mounts its staging tmpfs on (inside its own namespace).
 
-    It is never mounted on in the host's view; it only needs to exist.
+    It is never mounted on in the host's view; it only needs to exist, and
+    to belong to the caller.
     """
-    if os.geteuid() == 0:
+    if has_host_root():
         return "/run/instancelib/session"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = runtime if runtime and os.path.isdir(runtime) else f"/tmp/instancelib-{os.getuid()}"
-    return os.path.join(base, "instancelib", "session")
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.geteuid():
+        return os.path.join(runtime, "instancelib", "session")
+    return f"/tmp/instancelib-{os.geteuid()}/session"
 
 
 def ensure_session_dir(path: str) -> None:
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as err:
-        raise StartError("cannot create the session directory", path=path,
-                         errno=err.errno) from err
-    if os.path.islink(path) or not os.path.isdir(path):
-        raise StartError("the session directory is not a plain directory", path=path)
+    """Create the session directory (0700) and refuse one that is not the caller's own.
+
+    Under /tmp anybody could have created the path first, as a symlink or as
+    a directory of theirs: every component we create is checked.
+    """
+    parent = os.path.dirname(path)
+    for directory in (parent, path):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise StartError("cannot create the session directory", path=directory,
+                             errno=err.errno) from err
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode):
+            raise StartError("the session directory is not a plain directory (a symlink?)",
+                             path=directory)
+        if info.st_uid != os.geteuid():
+            raise PermissionDenied(f"the session directory belongs to UID {info.st_uid}, "
+                                   "not to you", path=directory)
 
 
 def _check_hostname(hostname: str | None) -> str | None:
@@ -163,6 +239,7 @@ def build_launch_plan(
     contain: bool,
     hostname: str | None,
     timeout: float,
+    fakeroot: bool = False,
     host_env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """Validate the start options and resolve them into a ``LaunchPlan``.
@@ -183,7 +260,11 @@ def build_launch_plan(
                              step=f"bind {bind}")
         mounts.append(MountOp(op="bind", source=bind.source, target=bind.destination,
                               readonly=bind.read_only))
-    cwd = os.getcwd() if not contain else home
+    try:
+        cwd = os.getcwd() if not contain else home
+    except FileNotFoundError:  # the caller's directory was removed
+        cwd = home
+    user_namespace, note = user_namespace_plan(fakeroot=fakeroot)
     return LaunchPlan(
         name=name,
         user=entry.pw_name,
@@ -199,4 +280,6 @@ def build_launch_plan(
         command_kind="run" if run else "start",
         args=_check_args(args),
         timeout=float(timeout),
+        userns=user_namespace,
+        note=note,
     )

@@ -7,7 +7,11 @@ Layout (``root`` is ``$INSTANCELIB_HOME`` or ``~/.instancelib``)::
     root/instances/<hostname>/.lock         serialises claims and prunes
     root/logs/<hostname>/<name>.out|.err    the service's output (appended)
 
-Directories are 0700 and files 0600.  A record is written to a temporary file
+Directories are 0700 and files 0600.  Every directory on the way is checked
+on use: a symlink, a directory of another user or one others may write to
+is refused, so nobody can redirect a user's (or root's) records and logs.
+A registry is its owner's: records are only believed when the record, and
+the live process it names, belong to that owner.  A record is written to a temporary file
 and renamed into place, so a reader sees the old or the new record, never
 half of one.  Records are not fsynced (DESIGN.md asks for it; this is a
 deliberate departure): a record describes running processes, and no process
@@ -30,17 +34,27 @@ import fcntl
 import fnmatch
 import json
 import os
+import pwd
 import re
 import signal
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from instancelib.errors import InvalidName, NameConflict, NotFound, RegistryError
+from instancelib.errors import (
+    InvalidArgument,
+    InvalidName,
+    NameConflict,
+    NotFound,
+    PermissionDenied,
+    RegistryError,
+)
 from instancelib.linux import procfs
+from instancelib.linux.userns import has_host_root
 
 if TYPE_CHECKING:
     from instancelib.instance import Instance
@@ -95,6 +109,7 @@ class InstanceRecord:
     service_pid: int = 0
     service_starttime: int = 0
     options: dict[str, Any] = attrs.field(factory=dict)
+    namespaces: int = 0
     cgroup: str | None = None
     netns: str | None = None
 
@@ -108,11 +123,16 @@ class InstanceRecord:
             if type(value) is not int or value < 0:
                 raise ValueError(f"PIDs and start times must be integers >= 0 (got {value!r})")
 
-    def is_alive(self) -> bool:
-        """Whether the process this record stands for is still running (PID-reuse safe)."""
+    def is_alive(self, uid: int | None = None) -> bool:
+        """Whether the process this record stands for is still running (PID-reuse safe).
+
+        With ``uid``, the record and the process must also belong to that user.
+        """
+        if uid is not None and self.uid != uid:
+            return False
         if self.state == "starting":
-            return procfs.is_alive(self.owner_pid, self.owner_starttime)
-        return procfs.is_alive(self.pid, self.starttime)
+            return procfs.is_alive(self.owner_pid, self.owner_starttime, uid=uid)
+        return procfs.is_alive(self.pid, self.starttime, uid=uid)
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form: Singularity's field names first, then ours."""
@@ -136,6 +156,7 @@ class InstanceRecord:
             "servicePid": self.service_pid,
             "serviceStarttime": self.service_starttime,
             "options": self.options,
+            "namespaces": self.namespaces,
             "cgroup": self.cgroup,
             "netns": self.netns,
         }
@@ -156,7 +177,8 @@ class InstanceRecord:
                 user=str(data["user"]), cwd=str(data["cwd"]),
                 service_pid=_int(data["servicePid"]),
                 service_starttime=_int(data["serviceStarttime"]),
-                options=dict(data["options"]), cgroup=data["cgroup"], netns=data["netns"],
+                options=dict(data["options"]), namespaces=_int(data["namespaces"]),
+                cgroup=data["cgroup"], netns=data["netns"],
             )
         except (KeyError, TypeError, InvalidName) as err:
             raise ValueError(f"malformed record: {err}") from err
@@ -176,19 +198,44 @@ def default_root() -> Path:
     return Path.home() / ".instancelib"
 
 
+def _lookup_user(user: str | int) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+    except KeyError:
+        raise InvalidArgument(f"no such user: {user!r}") from None
+
+
 class InstanceRegistry:
     """The running instances of one user on this host.
 
     Args:
         root: where records and logs live; default ``$INSTANCELIB_HOME`` or
-            ``~/.instancelib``.
+            ``~/.instancelib`` (for ``user``: that user's ``~/.instancelib``).
+        user: another user's instances (name or UID).  Only root may ask, and
+            must ask explicitly: nothing else ever acts on another user's
+            instances.
 
     Reading (``list``, ``get``) never blocks on other processes; a record
     whose instance has ended is removed as it is read.
+
+    Raises:
+        PermissionDenied: ``user`` is another user and the caller is not root.
+        InvalidArgument: no such user.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root).absolute() if root is not None else default_root()
+    def __init__(self, root: str | os.PathLike[str] | None = None, *,
+                 user: str | int | None = None) -> None:
+        if user is None:
+            self.owner_uid = os.geteuid()
+            self.root = Path(root).absolute() if root is not None else default_root()
+        else:
+            entry = _lookup_user(user)
+            if entry.pw_uid != os.geteuid() and not has_host_root():
+                raise PermissionDenied(f"only root may act on another user's instances "
+                                       f"(user={user!r})")
+            self.owner_uid = entry.pw_uid
+            self.root = (Path(root).absolute() if root is not None
+                         else Path(entry.pw_dir) / ".instancelib")
         self.host = socket.gethostname()
         self.instances_dir = self.root / "instances" / self.host
         self.logs_dir = self.root / "logs" / self.host
@@ -200,7 +247,7 @@ class InstanceRegistry:
         self._parsed: dict[str, tuple[tuple[int, int, int], InstanceRecord]] = {}
 
     def __repr__(self) -> str:
-        return f"InstanceRegistry({str(self.root)!r})"
+        return f"InstanceRegistry({str(self.root)!r}, owner UID {self.owner_uid})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, InstanceRegistry) and other.root == self.root
@@ -226,7 +273,7 @@ class InstanceRegistry:
         from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
 
         validate_name(name)
-        record = self._load(name)
+        record = self._load(name) if self._readable() else None
         if record is None or record.state != "running":
             raise NotFound(f"no instance named {name!r} is running", name=name)
         return Instance._from_record(record, self)
@@ -248,13 +295,15 @@ class InstanceRegistry:
 
     def records(self, pattern: str = "*") -> builtins.list[InstanceRecord]:
         """Records of running instances matching ``pattern`` (dead ones are pruned)."""
-        found = []
+        found: builtins.list[InstanceRecord] = []
+        if not self._readable():
+            return found
         match_all = pattern == "*"
         for name, key in self._entries():
             if not match_all and not fnmatch.fnmatchcase(name, pattern):
                 continue
             cached = self._parsed.get(name)
-            if cached is not None and cached[0] == key and cached[1].is_alive():
+            if cached is not None and cached[0] == key and cached[1].is_alive(self.owner_uid):
                 record: InstanceRecord | None = cached[1]
             else:
                 record = self._load(name)
@@ -323,30 +372,63 @@ class InstanceRegistry:
         return record if record.name == name else None
 
     def _load(self, name: str) -> InstanceRecord | None:
-        """Read a record and prune it if its instance has ended."""
+        """Read a record and prune it if its instance has ended (or is not this user's)."""
         record = self._read(name)
         if record is None:
             if os.path.lexists(f"{self._records_prefix}{name}.json"):
                 self._prune(name, None)  # garbage: remove it
             return None
-        if record.is_alive():
+        if record.is_alive(self.owner_uid):
             return record
         self._prune(name, record)
         return None
 
+    # -- directories ------------------------------------------------------------------------
+
+    def _check_dir(self, path: Path) -> bool:
+        """True for a plain directory of the owner, False if absent; raise for anything else."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(info.st_mode):
+            raise RegistryError("refusing a registry directory that is a symlink", path=str(path))
+        if not stat.S_ISDIR(info.st_mode):
+            raise RegistryError("the registry path is not a directory", path=str(path))
+        if info.st_uid != self.owner_uid:
+            raise PermissionDenied(f"the registry directory belongs to UID {info.st_uid}, not "
+                                   f"UID {self.owner_uid}", path=str(path))
+        if info.st_mode & 0o022:
+            raise RegistryError(f"the registry directory is writable by others "
+                                f"(mode {stat.S_IMODE(info.st_mode):o})", path=str(path))
+        return True
+
+    def _readable(self) -> bool:
+        """Check the records' directories; False when they do not exist (no instances)."""
+        return all(self._check_dir(d) for d in
+                   (self.root, self.root / "instances", self.instances_dir))
+
     # -- writing ----------------------------------------------------------------------------
 
     def ensure_dirs(self) -> None:
-        """Create the registry's directories (0700) if needed."""
-        for directory in (self.instances_dir, self.logs_dir):
+        """Create the registry's directories (0700) if needed, and check each of them."""
+        try:
+            self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as err:
+            raise RegistryError("cannot create the registry directory",
+                                path=str(self.root.parent), errno=err.errno) from err
+        for directory in (self.root, self.root / "instances", self.instances_dir,
+                          self.root / "logs", self.logs_dir):
+            if self._check_dir(directory):
+                continue
             try:
-                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                directory.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
             except OSError as err:
                 raise RegistryError("cannot create the registry directory",
                                     path=str(directory), errno=err.errno) from err
-            if directory.is_symlink() or not directory.is_dir():
-                raise RegistryError("the registry directory is not a plain directory",
-                                    path=str(directory))
+            self._check_dir(directory)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -367,7 +449,7 @@ class InstanceRegistry:
         self.ensure_dirs()
         with self._locked():
             existing = self._read(record.name)
-            if existing is not None and existing.is_alive():
+            if existing is not None and existing.is_alive(self.owner_uid):
                 what = "is already running" if existing.state == "running" else (
                     f"is being started by process {existing.owner_pid}")
                 raise NameConflict(f"an instance named {record.name!r} {what}",

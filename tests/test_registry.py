@@ -27,7 +27,7 @@ def own_record(name: str, **changes: object) -> InstanceRecord:
     me = procfs.read_stat(os.getpid())
     assert me is not None
     record = InstanceRecord(name=name, state="running", pid=me.pid, starttime=me.starttime,
-                            image="/img", log_out="/o", log_err="/e")
+                            image="/img", log_out="/o", log_err="/e", uid=os.geteuid())
     return attrs.evolve(record, **changes)
 
 
@@ -108,7 +108,7 @@ def test_starting_records_are_hidden_but_hold_the_name(tmp_path):
     me = procfs.read_stat(os.getpid())
     assert me is not None
     registry.claim(InstanceRecord(name="s", state="starting", owner_pid=me.pid,
-                                  owner_starttime=me.starttime))
+                                  owner_starttime=me.starttime, uid=os.geteuid()))
     assert registry.records() == []
     with pytest.raises(NameConflict, match="being started"):
         registry.claim(own_record("s"))

@@ -21,6 +21,7 @@ Only the standard library is imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from instancelib.linux.syscalls import (
     MS_REC,
     MS_REMOUNT,
     MS_SLAVE,
+    MS_UNBINDABLE,
 )
 
 __all__ = ["SetupError", "setup_container"]
@@ -88,8 +90,12 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def setup_container(plan: dict[str, Any]) -> None:
-    """Build the root filesystem described by ``plan`` and pivot into it."""
+def setup_container(plan: dict[str, Any]) -> list[str]:
+    """Build the root filesystem described by ``plan`` and pivot into it.
+
+    Returns notes for the caller's log (fallbacks that were taken).
+    """
+    notes: list[str] = []
     session = plan["session_dir"]
     make_mounts_slave()
     mount_session(session, plan["session_size"])
@@ -97,12 +103,13 @@ def setup_container(plan: dict[str, Any]) -> None:
     root_fd = mount_root(plan, session, root)
     try:
         for op in plan["mounts"]:
-            apply_mount(root_fd, root, op, writable=plan["writable_tmpfs"])
+            apply_mount(root_fd, root, op, writable=plan["writable_tmpfs"], notes=notes)
         if plan.get("hostname"):
             set_hostname(plan["hostname"])
         pivot_to_root(root_fd)
     finally:
         os.close(root_fd)
+    return notes
 
 
 def make_mounts_slave() -> None:
@@ -114,9 +121,21 @@ def make_mounts_slave() -> None:
 
 
 def mount_session(session: str, size: str) -> None:
-    """Mount the staging tmpfs; it only exists inside this mount namespace."""
+    """Mount the staging area; it only exists inside this mount namespace.
+
+    ``session`` gets a tiny tmpfs holding only mount points, made unbindable:
+    a recursive bind of a directory above it (``/tmp`` for an ordinary user, a
+    user's ``--bind /run``) then leaves it, and all below it, out, so the
+    instance never sees its own staging area.  Overlayfs refuses layers on an
+    unbindable mount, so the layers (upper, work, skeleton) live on a second,
+    ordinary tmpfs of ``size`` at ``session/layers``.
+    """
     try:
-        syscalls.mount("tmpfs", session, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={size}")
+        syscalls.mount("tmpfs", session, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700,size=64k")
+        syscalls.mount(None, session, None, MS_UNBINDABLE)
+        layers = os.path.join(session, "layers")
+        os.mkdir(layers, 0o700)
+        syscalls.mount("tmpfs", layers, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0700,size={size}")
     except OSError as err:
         raise _step("mount session tmpfs", session)(err) from err
 
@@ -131,15 +150,16 @@ def mount_root(plan: dict[str, Any], session: str, root: str) -> int:
         syscalls.mount(image, lower, None, MS_BIND | MS_REC)
     except OSError as err:
         raise _step("bind the image", image)(err) from err
+    layers = os.path.join(session, "layers")
     if plan["writable_tmpfs"]:
-        upper, work = os.path.join(session, "upper"), os.path.join(session, "work")
+        upper, work = os.path.join(layers, "upper"), os.path.join(layers, "work")
         os.mkdir(upper)
         os.mkdir(work)
         _mount_overlay(root, f"lowerdir={lower},upperdir={upper},workdir={work}", image)
     else:
         missing = _missing_mount_points(lower, plan["mounts"])
         if missing:
-            skeleton = os.path.join(session, "skeleton")
+            skeleton = os.path.join(layers, "skeleton")
             _build_skeleton(skeleton, lower, missing)
             _mount_overlay(root, f"lowerdir={skeleton}:{lower}", image)
         else:
@@ -203,7 +223,9 @@ def _build_skeleton(skeleton: str, lower: str, missing: list[tuple[str, bool]]) 
             if stat.S_ISDIR(info.st_mode):
                 made = os.path.join(skeleton, relative)
                 os.chmod(made, stat.S_IMODE(info.st_mode))
-                os.chown(made, info.st_uid, info.st_gid)
+                # In a user namespace the image's owner may have no mapping (EINVAL).
+                with contextlib.suppress(OSError):
+                    os.chown(made, info.st_uid, info.st_gid)
     root_info = os.stat(lower)
     os.chmod(skeleton, stat.S_IMODE(root_info.st_mode))
 
@@ -221,7 +243,8 @@ def _open_target(root_fd: int, root: str, op: dict[str, Any], writable: bool) ->
         raise _step(f"prepare mount point {target}", target)(err) from err
 
 
-def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool) -> None:
+def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool,
+                notes: list[str]) -> None:
     """Carry out one mount operation of the plan onto a target inside the root."""
     kind = op["op"]
     target = op["target"]
@@ -233,8 +256,7 @@ def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool) 
     fd = _open_target(root_fd, root, op, writable)
     try:
         if kind == "proc":
-            _mount(f"mount /proc on {target}", "proc", fd, "proc",
-                   MS_NOSUID | MS_NODEV | MS_NOEXEC, None, target)
+            _mount_proc(fd, target, notes)
         elif kind == "sysfs":
             _mount_sysfs(fd, target)
         elif kind == "tmpfs":
@@ -313,6 +335,20 @@ def _locked_flags(path: str) -> int:
         if vfs.f_flag & st_flag:
             flags |= ms_flag
     return flags
+
+
+def _mount_proc(fd: int, target: str, notes: list[str]) -> None:
+    try:
+        syscalls.mount("proc", _fd_path(fd), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    except OSError as err:
+        # In a user namespace the kernel refuses a new procfs while the host's
+        # /proc has hidden (over-mounted) parts; as Singularity, fall back to
+        # the host's /proc, which shows host PIDs.
+        if err.errno not in (1, 13):
+            raise _step(f"mount /proc on {target}", target)(err) from err
+        _mount(f"bind /proc on {target}", "/proc", fd, None, MS_BIND | MS_REC, None, target)
+        notes.append("the kernel refused a new /proc in the user namespace; the host's /proc "
+                     "is bound instead (it shows the host's processes)")
 
 
 def _mount_sysfs(fd: int, target: str) -> None:

@@ -41,10 +41,15 @@ __all__ = ["main"]
 
 
 class _Spare:
-    """A spare PID 1 (or one being made): its host PID and our end of its socket."""
+    """A spare PID 1 (or one being made): its host PID and our end of its socket.
 
-    def __init__(self, sock: socket.socket) -> None:
+    ``flavour`` is the plan's ``userns`` part it was made for: a spare in the
+    wrong user namespace (or none) cannot serve a plan that asks for another.
+    """
+
+    def __init__(self, sock: socket.socket, flavour: dict[str, Any] | None) -> None:
         self.sock = sock
+        self.flavour = flavour
         self.pid = 0
         self.pidfd = -1
         self.error: dict[str, Any] | None = None
@@ -119,7 +124,8 @@ class _Server:
             for fd in passed:
                 os.close(fd)
         if message.get("op") == "start" and self.spare is None:
-            self.make_spare()  # for the next start, while the caller waits on this one
+            # For the next start (likely alike), while the caller waits on this one.
+            self.make_spare(message["plan"].get("userns"))
         return True
 
     def handle(self, message: dict[str, Any],
@@ -147,8 +153,9 @@ class _Server:
 
         The reply carries the PID 1's pidfd, so the caller never has to trust a bare PID.
         """
+        flavour = plan.get("userns")
         for _attempt in range(2):
-            spare = self.take_spare()
+            spare = self.take_spare(flavour)
             if spare.error is not None:
                 spare.close()
                 return {"ok": False, **spare.error}, []
@@ -163,10 +170,15 @@ class _Server:
         return {"ok": False, "step": "make a PID 1", "errno": None,
                 "message": "spare PID 1 processes keep dying"}, []
 
-    def take_spare(self) -> _Spare:
+    def take_spare(self, flavour: dict[str, Any] | None) -> _Spare:
         spare = self.spare
+        if spare is not None and spare.flavour != flavour:
+            with contextlib.suppress(KeyError):
+                self.poller.unregister(spare.sock.fileno())
+            spare.close()  # the spare sees EOF and exits
+            spare = None
         if spare is None:
-            spare = self.make_spare()
+            spare = self.make_spare(flavour)
         if not spare.pid and spare.error is None:  # still being made: wait for it
             with contextlib.suppress(KeyError):
                 self.poller.unregister(spare.sock.fileno())
@@ -174,18 +186,18 @@ class _Server:
         self.spare = None
         return spare
 
-    def make_spare(self) -> _Spare:
+    def make_spare(self, flavour: dict[str, Any] | None) -> _Spare:
         """Fork a launcher that makes a spare PID 1; its report is read later."""
         ours, theirs = wire.socketpair()
         pid = self.fork_child()
         if pid == 0:
             ours.close()
             try:
-                run_launcher(theirs)
+                run_launcher(theirs, flavour)
             finally:
                 os._exit(1)
         theirs.close()
-        self.spare = _Spare(ours)
+        self.spare = _Spare(ours, flavour)
         self.poller.register(ours.fileno(), select.POLLIN)
         return self.spare
 

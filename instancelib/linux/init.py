@@ -35,7 +35,7 @@ import signal
 import socket
 from typing import Any
 
-from instancelib.linux import container, envscripts, syscalls, wire
+from instancelib.linux import container, envscripts, procfs, syscalls, wire
 
 __all__ = ["run_init", "run_spare"]
 
@@ -77,7 +77,11 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             except OSError as err:
                 raise container.SetupError("unshare the mount namespace", err.strerror or "",
                                            errno=err.errno) from err
-            container.setup_container(plan)
+            notes = container.setup_container(plan)
+            if plan.get("note"):
+                notes.insert(0, plan["note"])
+            for note in notes:
+                os.write(err_fd, f"instancelib: {note}\n".encode())
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
@@ -88,7 +92,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             os.close(out_fd)
             os.close(err_fd)
         wire.send_message(channel, {"event": "ready", "env": env, "cwd": cwd,
-                                    "service": service})
+                                    "service": service, "notes": notes})
         answer, _ = wire.recv_message(channel)
         if answer is None or answer.get("event") != "commit":
             # The caller is gone (or gave up) before recording us: leave nothing running.
@@ -125,8 +129,9 @@ def _prepare_process() -> int:
 
 def _name_process(name: str, user: str) -> None:
     """Show the instance in ``ps``: ``instancelib-init: USER [NAME]``."""
+    # The name (comm) is what callers check before they signal or enter us.
+    syscalls.prctl_set_name(procfs.INIT_COMM)
     with contextlib.suppress(OSError):
-        syscalls.prctl_set_name("instancelib-init")
         syscalls.set_process_title(f"instancelib-init: {user} [{name}]")
 
 

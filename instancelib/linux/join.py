@@ -61,7 +61,8 @@ def _fail(fd: int, err: OSError, message: str) -> None:
 def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
     """Join the instance, spawn the command, report its fate; never returns."""
     try:
-        pidfd = procfs.open_verified_pidfd(request["pid"], request["starttime"])
+        pidfd = procfs.open_verified_pidfd(request["pid"], request["starttime"],
+                                           uid=request["uid"], init=True)
     except OSError as err:
         _fail(status_fd, err, "the instance is not running")
     try:

@@ -6,6 +6,10 @@ PID namespace.  The launcher reports the child's host PID to the fork-server
 and exits, so the PID 1 is re-parented to the host's reaper and outlives
 everything that made it, as a background service must.
 
+For an ordinary user the launcher first enters a new user namespace (with the
+ID maps of the plan's ``userns`` part, see ``userns``), so that the other
+namespaces, and everything PID 1 mounts, belong to it.
+
 The PID 1 made here is a *spare* (``init.run_spare``): it waits for a plan.
 The fork-server keeps one ready, so a start does not pay for two forks and
 three unshares.  The spare is still in the host's mount namespace: it
@@ -19,8 +23,9 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
-from instancelib.linux import syscalls, wire
+from instancelib.linux import syscalls, userns, wire
 from instancelib.linux.init import run_spare
 
 __all__ = ["NAMESPACES", "SPARE_NAMESPACES", "run_launcher"]
@@ -38,8 +43,22 @@ _UNSHARE_ADVICE = {
 }
 
 
-def run_launcher(control: socket.socket) -> None:
-    """Unshare, fork a spare PID 1, report its host PID over ``control``; never returns."""
+def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None) -> None:
+    """Unshare, fork a spare PID 1, report its host PID over ``control``; never returns.
+
+    ``user_namespace`` is ``None`` (host root: no user namespace) or
+    ``{"uid_map", "gid_map", "helpers"}`` (see ``userns.enter_user_namespace``).
+    """
+    if user_namespace is not None:
+        try:
+            userns.enter_user_namespace(user_namespace["uid_map"], user_namespace["gid_map"],
+                                        helpers=bool(user_namespace["helpers"]))
+        except OSError as err:
+            wire.send_message(control, {
+                "event": "error", "step": "enter a user namespace", "unsupported": True,
+                "message": err.strerror or str(err), "errno": err.errno, "path": None,
+            })
+            os._exit(1)
     try:
         syscalls.unshare(SPARE_NAMESPACES)
     except OSError as err:

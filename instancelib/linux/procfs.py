@@ -7,6 +7,10 @@ signals or enters a process first checks them (psutil does the same).  A
 zombie counts as ended: on some hosts PID 1 reaps orphans only every few
 seconds, and a dead instance must not look alive meanwhile.
 
+Before instancelib signals or enters a process it also checks that the
+process belongs to the expected user and is an instance's PID 1 (its name,
+``comm``, is ``INIT_COMM``): a record can point anywhere, a check cannot.
+
 Only the standard library is imported: the fork-server uses this module.
 """
 
@@ -16,6 +20,7 @@ import os
 import select
 
 __all__ = [
+    "INIT_COMM",
     "ProcStat",
     "children_of",
     "is_alive",
@@ -25,15 +30,18 @@ __all__ = [
 ]
 
 PROC_ROOT = "/proc"
+INIT_COMM = "instancelib-init"[:15]  # the kernel keeps 15 bytes of a process name
 
 
 class ProcStat:
-    """The parts of ``/proc/PID/stat`` instancelib uses."""
+    """The parts of ``/proc/PID/stat`` instancelib uses (``uid`` is -1 unless asked for)."""
 
-    __slots__ = ("pid", "ppid", "starttime", "state", "uid")
+    __slots__ = ("comm", "pid", "ppid", "starttime", "state", "uid")
 
-    def __init__(self, pid: int, state: str, ppid: int, starttime: int, uid: int) -> None:
+    def __init__(self, pid: int, comm: str, state: str, *, ppid: int, starttime: int,
+                 uid: int) -> None:
         self.pid = pid
+        self.comm = comm
         self.state = state
         self.ppid = ppid
         self.starttime = starttime
@@ -63,36 +71,50 @@ def read_stat(pid: int, proc_root: str | None = None, *, owner: bool = False) ->
     finally:
         os.close(fd)
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    tail = data[data.rfind(b")") + 2 :].split(b" ", 20)
+    end = data.rfind(b")")
+    tail = data[end + 2 :].split(b" ", 20)
     if len(tail) < 21:
         return None
-    return ProcStat(pid, tail[0].decode(), int(tail[1]), int(tail[19]), uid)
+    comm = data[data.find(b"(") + 1 : end].decode(errors="replace")
+    return ProcStat(pid, comm, tail[0].decode(), ppid=int(tail[1]), starttime=int(tail[19]),
+                    uid=uid)
 
 
-def is_alive(pid: int, starttime: int, proc_root: str | None = None) -> bool:
-    """True when ``pid`` is running and is the process that started at ``starttime``."""
-    stat = read_stat(pid, proc_root)
-    return stat is not None and stat.running and stat.starttime == starttime
+def is_alive(pid: int, starttime: int, proc_root: str | None = None, *,
+             uid: int | None = None) -> bool:
+    """True when ``pid`` (> 1) runs, started at ``starttime`` and, if given, runs as ``uid``."""
+    if pid <= 1:
+        return False
+    stat = read_stat(pid, proc_root, owner=uid is not None)
+    return (stat is not None and stat.running and stat.starttime == starttime
+            and (uid is None or stat.uid == uid))
 
 
-def open_verified_pidfd(pid: int, starttime: int) -> int:
+def open_verified_pidfd(pid: int, starttime: int, *, uid: int | None = None,
+                        init: bool = False) -> int:
     """Open a pidfd for ``pid`` and check it is the process that started at ``starttime``.
 
     The pidfd is opened first and the identity checked after: if the check
     passes, the pidfd refers to that very process even if it exits later
     (signals sent through it can never reach a successor that reused the PID).
+    ``uid`` also requires the process's owner; ``init`` requires it to be an
+    instance's PID 1.
 
     Raises:
         ProcessLookupError: the process has ended, or the PID belongs to
-            another process now.
+            another process (or owner) now.
     """
+    if pid <= 1:
+        raise ProcessLookupError(3, f"refusing PID {pid}")
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise ProcessLookupError(3, f"process {pid} has ended") from None
-    if not is_alive(pid, starttime):
+    stat = read_stat(pid, owner=uid is not None)
+    if (stat is None or not stat.running or stat.starttime != starttime
+            or (uid is not None and stat.uid != uid) or (init and stat.comm != INIT_COMM)):
         os.close(fd)
-        raise ProcessLookupError(3, f"process {pid} has ended (or its PID was reused)")
+        raise ProcessLookupError(3, f"process {pid} has ended (or is not the instance now)")
     return fd
 
 

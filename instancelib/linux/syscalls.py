@@ -32,6 +32,7 @@ __all__ = [
     "MS_REC",
     "MS_REMOUNT",
     "MS_SLAVE",
+    "MS_UNBINDABLE",
     "mount",
     "mount_setattr_readonly",
     "pidfd_send_signal",
@@ -64,6 +65,7 @@ MS_NODIRATIME = 2048
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_UNBINDABLE = 1 << 17
 MS_SLAVE = 1 << 19
 MS_RELATIME = 1 << 21
 MNT_DETACH = 2
