@@ -76,11 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         start.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
 
     listing = instance_commands.add_parser("list", help="list running instances")
+    listing.add_argument("-u", "--user", help="another user's instances (root only)")
     listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
     listing.add_argument("-l", "--logs", action="store_true", help="show the log paths")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
 
     stop = instance_commands.add_parser("stop", help="stop named instances")
+    stop.add_argument("-u", "--user", help="another user's instances (root only)")
     stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
     stop.add_argument("-s", "--signal", default="SIGINT",
                       help="signal to send (name or number; default SIGINT)")
@@ -118,6 +120,8 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pid-file", help="write the instance's PID to this file")
     parser.add_argument("--writable-tmpfs", action="store_true",
                         help="writable root on a tmpfs overlay, discarded at stop")
+    parser.add_argument("-f", "--fakeroot", action="store_true",
+                        help="be root inside (an ordinary user's subordinate IDs mapped too)")
     parser.add_argument("--ready", metavar="PROBE",
                         help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
     parser.add_argument("--timeout", type=float, default=30.0,
@@ -214,7 +218,7 @@ def _instance_start(args: argparse.Namespace, registry: InstanceRegistry) -> int
         writable_tmpfs=args.writable_tmpfs, binds=args.bind,
         env=_parse_env(args.env, args.env_file), cleanenv=args.cleanenv, contain=args.contain,
         hostname=args.hostname, pid_file=args.pid_file, registry=registry,
-        ready=_parse_ready(args.ready), timeout=args.timeout,
+        ready=_parse_ready(args.ready), timeout=args.timeout, fakeroot=args.fakeroot,
     )
     log.info("instance started successfully")
     return 0
@@ -368,7 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  else logging.WARNING if args.quiet else logging.INFO)
     command = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
     try:
-        return command(args, InstanceRegistry())
+        user = getattr(args, "user", None)
+        registry = InstanceRegistry(user=user) if user else InstanceRegistry()
+        return command(args, registry)
     except InstanceError as err:
         log.error("%s", str(err).splitlines()[0] if not args.debug else err)
         return ERROR_EXIT

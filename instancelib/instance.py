@@ -174,8 +174,6 @@ class Instance(metaclass=_NoPublicConstructor):
             env=env, cleanenv=cleanenv, contain=contain, hostname=hostname, timeout=timeout,
             fakeroot=fakeroot,
         )
-        if plan.note:
-            log.warning("instance %r: %s", name, plan.note)
         launchplan.ensure_session_dir(plan.session_dir)
         me = procfs.read_stat(os.getpid())
         assert me is not None
@@ -265,7 +263,7 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
-        return procfs.is_alive(self.pid, self._record.starttime, uid=self._record.uid)
+        return procfs.is_alive(self.pid, self._record.starttime, uid=self._record.uid, init=True)
 
     @property
     def status(self) -> InstanceStatus:
@@ -745,7 +743,7 @@ def _first_status(status: socket.socket, timeout: float = 60.0) -> tuple[str, in
     """The joiner's first report: ``started PID`` with a pidfd, or ``error ...``."""
     status.settimeout(timeout)
     try:
-        data, fds, _flags, _addr = socket.recv_fds(status, 4096, 1)
+        data, fds = wire.recv_fds(status, 4096, 1)
     except TimeoutError:
         raise ExecError("no answer from the fork-server's joiner") from None
     if not data:

@@ -24,7 +24,7 @@ from typing import IO, Any, NoReturn
 import attrs
 
 from instancelib.errors import ExecError, NotFound, Timeout
-from instancelib.linux import syscalls
+from instancelib.linux import syscalls, wire
 
 __all__ = ["ExecResult", "InstanceProcess"]
 
@@ -86,7 +86,7 @@ class InstanceProcess:
         """Read whatever the joiner has reported; set ``returncode`` on exit."""
         while self._status is not None and self.returncode is None:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self._status, 256, 1)
+                data, fds = wire.recv_fds(self._status, 256, 1)
             except BlockingIOError:
                 return
             for fd in fds:

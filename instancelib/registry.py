@@ -132,7 +132,7 @@ class InstanceRecord:
             return False
         if self.state == "starting":
             return procfs.is_alive(self.owner_pid, self.owner_starttime, uid=uid)
-        return procfs.is_alive(self.pid, self.starttime, uid=uid)
+        return procfs.is_alive(self.pid, self.starttime, uid=uid, init=True)
 
     def to_json(self) -> dict[str, Any]:
         """The on-disk form: Singularity's field names first, then ours."""

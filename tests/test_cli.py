@@ -209,7 +209,9 @@ def test_shell_on_a_pseudo_terminal(registry, make_image, start):
 
 
 def test_python_dash_m_and_console_script_agree(cli):
-    script = shutil.which("instancelib")
+    # The console script sits next to the interpreter (a venv's or pyenv's bin), else on PATH.
+    search = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
+    script = shutil.which("instancelib", path=search)
     assert script is not None
     direct = subprocess.run([script, "instance", "list", "--json"], capture_output=True,
                             text=True, env={**os.environ}, timeout=60, check=False)

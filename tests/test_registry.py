@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 
@@ -22,16 +23,38 @@ from instancelib.linux import procfs
 from instancelib.registry import validate_name
 
 
-def own_record(name: str, **changes: object) -> InstanceRecord:
-    """A record pointing at this test process (alive for the test's duration)."""
-    me = procfs.read_stat(os.getpid())
-    assert me is not None
-    record = InstanceRecord(name=name, state="running", pid=me.pid, starttime=me.starttime,
-                            image="/img", log_out="/o", log_err="/e", uid=os.geteuid())
-    return attrs.evolve(record, **changes)
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A live process that looks like an instance's PID 1: ``sleep`` run as ``instancelib-init``.
+
+    (The kernel names a process after the file it executes: the link's name.)
+    """
+    link = tmp_path_factory.mktemp("stand-in") / "instancelib-init"
+    link.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    process = subprocess.Popen([str(link), "1000"])
+    try:
+        stat = procfs.read_stat(process.pid)
+        assert stat is not None and stat.comm == procfs.INIT_COMM
+        yield process.pid, stat.starttime
+    finally:
+        process.kill()
+        process.wait()
 
 
-def test_layout_and_permissions(tmp_path):
+@pytest.fixture
+def own_record(stand_in):  # type: ignore[no-untyped-def]
+    """Make records of a live 'instance' owned by the caller."""
+    pid, starttime = stand_in
+
+    def make(name: str, **changes: object) -> InstanceRecord:
+        record = InstanceRecord(name=name, state="running", pid=pid, starttime=starttime,
+                                image="/img", log_out="/o", log_err="/e", uid=os.geteuid())
+        return attrs.evolve(record, **changes)
+
+    return make
+
+
+def test_layout_and_permissions(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path / "reg")
     registry.claim(own_record("a"))
     assert registry.instances_dir == tmp_path / "reg" / "instances" / registry.host
@@ -41,7 +64,7 @@ def test_layout_and_permissions(tmp_path):
     assert stat.S_IMODE(registry.record_path("a").stat().st_mode) == 0o600
 
 
-def test_record_json_has_singularity_fields(tmp_path):
+def test_record_json_has_singularity_fields(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     data = json.loads(registry.record_path("a").read_text())
@@ -50,21 +73,21 @@ def test_record_json_has_singularity_fields(tmp_path):
     assert InstanceRecord.from_json(data) == own_record("a")
 
 
-def test_claim_conflicts_with_a_live_record(tmp_path):
+def test_claim_conflicts_with_a_live_record(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     with pytest.raises(NameConflict):
         registry.claim(own_record("a"))
 
 
-def test_claim_replaces_a_dead_record(tmp_path):
+def test_claim_replaces_a_dead_record(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a", starttime=1))  # our PID with another start time: dead
     registry.claim(own_record("a"))
     assert registry._read("a") == own_record("a")
 
 
-def test_dead_records_are_pruned_on_list(tmp_path):
+def test_dead_records_are_pruned_on_list(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("alive"))
     registry.claim(own_record("dead", pid=2**22 - 1))
@@ -75,13 +98,14 @@ def test_dead_records_are_pruned_on_list(tmp_path):
 
 
 @pytest.mark.parametrize("garbage", [b"", b"not json", b"[]", b'{"schema": 99}',
-                                     b'{"schema": 1, "instance": "g"}',
-                                     json.dumps({**own_record("g").to_json(), "pid": "1"}).encode(),
-                                     json.dumps({**own_record("g").to_json(), "pid": -5}).encode(),
-                                     b"x" * (2 << 20)])
-def test_garbage_records_are_pruned_not_fatal(tmp_path, garbage):
+                                     b'{"schema": 1, "instance": "g"}', {"pid": "1"},
+                                     {"pid": -5}, {"pid": 1}, {"uid": 12345},
+                                     {"state": "weird"}, b"x" * (2 << 20)])
+def test_garbage_records_are_pruned_not_fatal(tmp_path, garbage, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.ensure_dirs()
+    if isinstance(garbage, dict):  # a valid record with one field spoilt
+        garbage = json.dumps({**own_record("g").to_json(), **garbage}).encode()
     registry.record_path("g").write_bytes(garbage)
     assert registry.records() == []
     with pytest.raises(NotFound):
@@ -89,21 +113,21 @@ def test_garbage_records_are_pruned_not_fatal(tmp_path, garbage):
     assert not registry.record_path("g").exists()
 
 
-def test_record_under_another_name_is_ignored(tmp_path):
+def test_record_under_another_name_is_ignored(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     registry.record_path("b").write_bytes(registry.record_path("a").read_bytes())
     assert [r.name for r in registry.records()] == ["a"]
 
 
-def test_symlinked_record_is_not_followed(tmp_path):
+def test_symlinked_record_is_not_followed(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     os.symlink(registry.record_path("a"), registry.record_path("link"))
     assert [r.name for r in registry.records()] == ["a"]
 
 
-def test_starting_records_are_hidden_but_hold_the_name(tmp_path):
+def test_starting_records_are_hidden_but_hold_the_name(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     me = procfs.read_stat(os.getpid())
     assert me is not None
@@ -114,7 +138,7 @@ def test_starting_records_are_hidden_but_hold_the_name(tmp_path):
         registry.claim(own_record("s"))
 
 
-def test_list_filters_by_glob(tmp_path):
+def test_list_filters_by_glob(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     for name in ("web1", "web2", "db"):
         registry.claim(own_record(name))
@@ -123,7 +147,7 @@ def test_list_filters_by_glob(tmp_path):
     assert [r.name for r in registry.records()] == ["db", "web1", "web2"]
 
 
-def test_remove_spares_a_record_replaced_meanwhile(tmp_path):
+def test_remove_spares_a_record_replaced_meanwhile(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     old = own_record("a", starttime=1)
     registry.claim(old)
@@ -133,7 +157,7 @@ def test_remove_spares_a_record_replaced_meanwhile(tmp_path):
     assert registry._read("a") == new
 
 
-def test_writes_leave_no_temporary_files(tmp_path):
+def test_writes_leave_no_temporary_files(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     registry.publish(own_record("a"), {"K": "V"})
@@ -158,7 +182,7 @@ def test_list_of_an_empty_registry(tmp_path):
     assert InstanceRegistry(tmp_path / "none").list() == []
 
 
-def test_cached_record_is_reread_when_replaced(tmp_path):
+def test_cached_record_is_reread_when_replaced(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a", image="/one"))
     assert [r.image for r in registry.records()] == ["/one"]
@@ -166,8 +190,10 @@ def test_cached_record_is_reread_when_replaced(tmp_path):
     assert [r.image for r in registry.records()] == ["/two"]
 
 
-def test_cached_record_of_an_ended_process_is_pruned(tmp_path):
-    child = subprocess.Popen(["sleep", "100"])
+def test_cached_record_of_an_ended_process_is_pruned(tmp_path, own_record):
+    link = tmp_path / "instancelib-init"
+    link.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    child = subprocess.Popen([str(link), "100"])
     try:
         stat = procfs.read_stat(child.pid)
         assert stat is not None

@@ -151,23 +151,28 @@ def mount_root(plan: dict[str, Any], session: str, root: str) -> int:
     except OSError as err:
         raise _step("bind the image", image)(err) from err
     layers = os.path.join(session, "layers")
+    # Missing mount points always come from the skeleton layer, never from a
+    # mkdir in the merged root: in a user namespace the image's directories
+    # belong to an unmapped root, and even "root" inside may not write them.
+    missing = _missing_mount_points(lower, plan["mounts"])
+    lowerdirs = lower
+    if missing:
+        skeleton = os.path.join(layers, "skeleton")
+        _build_skeleton(skeleton, lower, missing)
+        lowerdirs = f"{skeleton}:{lower}"
     if plan["writable_tmpfs"]:
         upper, work = os.path.join(layers, "upper"), os.path.join(layers, "work")
         os.mkdir(upper)
         os.mkdir(work)
-        _mount_overlay(root, f"lowerdir={lower},upperdir={upper},workdir={work}", image)
+        _mount_overlay(root, f"lowerdir={lowerdirs},upperdir={upper},workdir={work}", image)
+    elif missing:
+        _mount_overlay(root, f"lowerdir={lowerdirs}", image)
     else:
-        missing = _missing_mount_points(lower, plan["mounts"])
-        if missing:
-            skeleton = os.path.join(layers, "skeleton")
-            _build_skeleton(skeleton, lower, missing)
-            _mount_overlay(root, f"lowerdir={skeleton}:{lower}", image)
-        else:
-            try:
-                syscalls.mount(lower, root, None, MS_BIND | MS_REC)
-            except OSError as err:
-                raise _step("bind the image", image)(err) from err
-            _make_readonly(root, recursive=True, step="make the image read-only", user_path=image)
+        try:
+            syscalls.mount(lower, root, None, MS_BIND | MS_REC)
+        except OSError as err:
+            raise _step("bind the image", image)(err) from err
+        _make_readonly(root, recursive=True, step="make the image read-only", user_path=image)
     return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 

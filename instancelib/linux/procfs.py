@@ -81,13 +81,17 @@ def read_stat(pid: int, proc_root: str | None = None, *, owner: bool = False) ->
 
 
 def is_alive(pid: int, starttime: int, proc_root: str | None = None, *,
-             uid: int | None = None) -> bool:
-    """True when ``pid`` (> 1) runs, started at ``starttime`` and, if given, runs as ``uid``."""
+             uid: int | None = None, init: bool = False) -> bool:
+    """True when ``pid`` (> 1) runs and started at ``starttime``.
+
+    ``uid`` also requires the process's owner; ``init`` requires it to be an
+    instance's PID 1 (its name, from the same read, costs nothing more).
+    """
     if pid <= 1:
         return False
     stat = read_stat(pid, proc_root, owner=uid is not None)
     return (stat is not None and stat.running and stat.starttime == starttime
-            and (uid is None or stat.uid == uid))
+            and (uid is None or stat.uid == uid) and (not init or stat.comm == INIT_COMM))
 
 
 def open_verified_pidfd(pid: int, starttime: int, *, uid: int | None = None,

@@ -3,18 +3,22 @@
 Each message is one JSON object in one ``SOCK_SEQPACKET`` datagram, with
 file descriptors attached as ``SCM_RIGHTS``.  Datagram boundaries make framing
 free, and a closed peer reads as an empty datagram (EOF), which is how a
-starting instance notices that its caller died.
+starting instance notices that its caller died.  Received descriptors are
+close-on-exec (``MSG_CMSG_CLOEXEC``): nothing passed to a launcher or joiner
+may leak into an instance's programs.  (``socket.recv_fds`` takes a flags
+argument but never passes it on, hence ``recv_fds`` here.)
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import json
 import os
 import socket
 from typing import Any
 
-__all__ = ["MAX_MESSAGE", "recv_message", "send_message", "socketpair"]
+__all__ = ["MAX_MESSAGE", "recv_fds", "recv_message", "send_message", "socketpair"]
 
 MAX_MESSAGE = 1 << 20
 _MAX_FDS = 16
@@ -36,9 +40,24 @@ def send_message(
         sock.sendall(data)
 
 
+def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """Receive data and up to ``maxfds`` descriptors, which arrive close-on-exec."""
+    fds = array.array("i")
+    data, ancillary, flags, _addr = sock.recvmsg(
+        bufsize, socket.CMSG_LEN(maxfds * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    if flags & socket.MSG_CTRUNC:
+        for fd in fds:
+            _close_quietly(fd)
+        raise OSError("descriptors were dropped (more were sent than expected)")
+    return data, list(fds)
+
+
 def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """Receive one message; ``(None, [])`` when the peer has closed its end."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, _MAX_FDS)
+    data, fds = recv_fds(sock, MAX_MESSAGE, _MAX_FDS)
     if not data:
         for fd in fds:
             _close_quietly(fd)
