@@ -34,6 +34,7 @@ from instancelib.image import Image
 from instancelib.linux import client, envscripts, pathwalk, procfs, syscalls, wire
 from instancelib.linux.launch import NAMESPACES
 from instancelib.linux.syscalls import CLONE_NEWUSER
+from instancelib.linux.userns import has_host_root
 from instancelib.process import ExecResult, InstanceProcess, raise_exec_failure
 from instancelib.readiness import ReadySpec, as_probe
 from instancelib.registry import InstanceRecord, InstanceRegistry, validate_name
@@ -317,6 +318,7 @@ class Instance(metaclass=_NoPublicConstructor):
             ExecError: the command cannot be started (not found, not executable).
         """
         command = _check_argv(argv)
+        self._check_owner()
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
@@ -434,6 +436,9 @@ class Instance(metaclass=_NoPublicConstructor):
         pidfd = self._pidfd()
         try:
             syscalls.pidfd_send_signal(pidfd, _check_signal(signal))
+        except PermissionError as err:
+            raise PermissionDenied("not allowed to signal the instance", name=self.name,
+                                   errno=err.errno) from err
         finally:
             os.close(pidfd)
 
@@ -468,8 +473,15 @@ class Instance(metaclass=_NoPublicConstructor):
             os.close(pidfd)
         self._forget()
 
+    def _check_owner(self) -> None:
+        """Only the owner (or root, who asked for this user's registry) may act."""
+        if self._record.uid != os.geteuid() and not has_host_root():
+            raise PermissionDenied(f"the instance belongs to UID {self._record.uid}",
+                                   name=self.name)
+
     def _pidfd(self) -> int:
         """A pidfd of PID 1, after checking start time, owner and that it is an instance's init."""
+        self._check_owner()
         try:
             return procfs.open_verified_pidfd(self.pid, self._record.starttime,
                                               uid=self._record.uid, init=True)
@@ -518,8 +530,13 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
                 continue
             pidfds.append((instance, pidfd))
             log.debug("stopping instance %r (pid %d)", instance.name, instance.pid)
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 syscalls.pidfd_send_signal(pidfd, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as err:
+                raise PermissionDenied("not allowed to signal the instance",
+                                       name=instance.name, errno=err.errno) from err
         deadline = time.monotonic() + timeout
         for instance, pidfd in pidfds:
             if procfs.wait_pidfd(pidfd, max(0.0, deadline - time.monotonic())):

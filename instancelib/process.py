@@ -23,7 +23,7 @@ from typing import IO, Any, NoReturn
 
 import attrs
 
-from instancelib.errors import ExecError, NotFound, Timeout
+from instancelib.errors import ExecError, NotFound, PermissionDenied, Timeout
 from instancelib.linux import syscalls, wire
 
 __all__ = ["ExecResult", "InstanceProcess"]
@@ -230,4 +230,6 @@ def raise_exec_failure(line: str, argv: Sequence[str], name: str) -> NoReturn:
     code = int(errno_text) if errno_text.isdigit() and int(errno_text) else None
     if code == 3:  # ESRCH: the instance ended under us
         raise NotFound(f"the instance is not running ({message})", name=name)
+    if code in (1, 13) and "join" in message:  # EPERM/EACCES entering its namespaces
+        raise PermissionDenied(message, name=name, errno=code)
     raise ExecError(message or f"cannot run {argv[0]!r}", name=name, errno=code)

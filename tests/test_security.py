@@ -15,6 +15,8 @@ import pytest
 
 from instancelib import (
     Instance,
+    InstanceError,
+    InstanceRecord,
     InstanceRegistry,
     NotFound,
     PermissionDenied,
@@ -146,8 +148,6 @@ def bystander(tmp_path):  # type: ignore[no-untyped-def]
 def forge(registry, name: str, **fields: object) -> None:  # type: ignore[no-untyped-def]
     me = procfs.read_stat(os.getpid())
     assert me is not None
-    from instancelib import InstanceRecord
-
     record = InstanceRecord(name=name, state="running", pid=me.pid, starttime=me.starttime,
                             uid=os.geteuid())
     registry.ensure_dirs()
@@ -245,7 +245,5 @@ def test_forbidden_user_namespaces_are_unsupported_with_the_sysctl_named(make_im
 
 
 def test_unsupported_is_an_instance_error():
-    from instancelib import InstanceError
-
     assert issubclass(Unsupported, InstanceError)
     assert json.dumps(str(Unsupported("x")))
