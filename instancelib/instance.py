@@ -175,6 +175,8 @@ class Instance(metaclass=_NoPublicConstructor):
             env=env, cleanenv=cleanenv, contain=contain, hostname=hostname, timeout=timeout,
             fakeroot=fakeroot,
         )
+        if plan.note:
+            log.warning("instance %r: %s", name, plan.note)
         launchplan.ensure_session_dir(plan.session_dir)
         me = procfs.read_stat(os.getpid())
         assert me is not None
@@ -203,7 +205,7 @@ class Instance(metaclass=_NoPublicConstructor):
                 err.detail = err.detail or _tail(err_path, err_offset)
                 raise
             for note in launch.notes:
-                log.warning("instance %r: %s", name, note)
+                log.info("instance %r: %s", name, note)
             service_pid, service_start = _service_identity(launch.init_pid)
             record = InstanceRecord(
                 name=name, state="running", pid=launch.init_pid, starttime=launch.starttime,

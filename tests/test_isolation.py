@@ -255,3 +255,21 @@ except (PermissionDenied, RegistryError) as err:
 """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("PermissionDenied", "RegistryError")
+
+
+def test_fakeroot_without_a_range_maps_root_alone_and_says_so(shared):
+    result = as_user(USER_A, shared, """
+from instancelib import Instance, Image, launchplan
+launchplan._subordinate_range = lambda *args: None  # as for a user without /etc/subuid lines
+instance = Instance.start(Image(IMAGE), "single", fakeroot=True, writable_tmpfs=True)
+print(instance.exec(["cat", "/proc/self/uid_map"]).stdout.split())
+print(instance.exec(["sh", "-c", "touch /f; chown 1000 /f"]).returncode)
+print("\\n".join(instance.logs(stderr=True)))
+instance.stop()
+""")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str(["0", str(pwd.getpwnam(USER_A).pw_uid), "1"])
+    assert lines[1] != "0"  # chown to an unmapped ID fails
+    assert "fakeroot without a range" in result.stdout
+    assert "fakeroot without a range" in result.stderr  # the caller's warning

@@ -247,3 +247,21 @@ def test_forbidden_user_namespaces_are_unsupported_with_the_sysctl_named(make_im
 def test_unsupported_is_an_instance_error():
     assert issubclass(Unsupported, InstanceError)
     assert json.dumps(str(Unsupported("x")))
+
+
+def test_fakeroot_is_root_inside_for_everyone(make_image, start):
+    """For an ordinary user fakeroot maps them to root; for root it changes nothing."""
+    instance = start(make_image(), fakeroot=True, writable_tmpfs=True)
+    assert instance.exec(["id", "-u"]).stdout == "0\n"
+    assert instance.exec(["sh", "-c", "touch /owned && chown 0:0 /owned"]).ok
+
+
+def test_fallbacks_are_noted_in_the_log(make_image, start, caplog):
+    caplog.set_level("INFO", logger="instancelib")
+    instance = start(make_image())
+    noted = [r.getMessage() for r in caplog.records if "bound instead" in r.getMessage()]
+    if has_host_root():
+        assert noted == []  # a fresh sysfs and procfs: nothing to note
+    else:
+        assert any("the host's /sys is bound instead" in note for note in noted)
+    assert list(instance.logs(stderr=True)) == []  # the service's log stays the service's

@@ -180,7 +180,10 @@ def _mount_overlay(root: str, options: str, image: str) -> None:
     try:
         syscalls.mount("overlay", root, "overlay", 0, options)
     except OSError as err:
-        raise _step("mount overlay on the image", image)(err) from err
+        failure = _step("mount overlay on the image", image)(err)
+        if err.errno in (1, 22) and os.geteuid() != 0:
+            failure.message += " (overlay mounts in a user namespace need Linux 5.11 or later)"
+        raise failure from err
 
 
 def _target_is_dir(op: dict[str, Any]) -> bool:
@@ -263,7 +266,7 @@ def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool,
         if kind == "proc":
             _mount_proc(fd, target, notes)
         elif kind == "sysfs":
-            _mount_sysfs(fd, target)
+            _mount_sysfs(fd, target, notes)
         elif kind == "tmpfs":
             _mount(f"mount tmpfs on {target}", "tmpfs", fd, "tmpfs", MS_NOSUID | MS_NODEV,
                    op.get("options"), target)
@@ -356,7 +359,7 @@ def _mount_proc(fd: int, target: str, notes: list[str]) -> None:
                      "is bound instead (it shows the host's processes)")
 
 
-def _mount_sysfs(fd: int, target: str) -> None:
+def _mount_sysfs(fd: int, target: str, notes: list[str]) -> None:
     flags = MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY
     try:
         syscalls.mount("sysfs", _fd_path(fd), "sysfs", flags)
@@ -364,6 +367,8 @@ def _mount_sysfs(fd: int, target: str) -> None:
         if err.errno not in (1, 13):  # EPERM/EACCES: not the owner of the network namespace
             raise _step(f"mount /sys on {target}", target)(err) from err
         _mount(f"bind /sys on {target}", "/sys", fd, None, MS_BIND | MS_REC, None, target)
+        notes.append("a new sysfs needs a network namespace of the instance's own; "
+                     "the host's /sys is bound instead")
 
 
 def _mount_minimal_dev(fd: int, root_fd: int, root: str, target: str) -> None:

@@ -77,11 +77,11 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             except OSError as err:
                 raise container.SetupError("unshare the mount namespace", err.strerror or "",
                                            errno=err.errno) from err
-            notes = container.setup_container(plan)
+            # The plan's note changes what works inside (fakeroot without a
+            # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):
-                notes.insert(0, plan["note"])
-            for note in notes:
-                os.write(err_fd, f"instancelib: {note}\n".encode())
+                os.write(err_fd, f"instancelib: {plan['note']}\n".encode())
+            notes = container.setup_container(plan)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
