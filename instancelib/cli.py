@@ -8,6 +8,8 @@
     instancelib exec instance://NAME CMD...
     instancelib run instance://NAME [ARGS...]
     instancelib shell instance://NAME
+    instancelib sif header|list IMAGE
+    instancelib sif info ID IMAGE
 
 Exit status: 0 on success; 255 on an error, with one ``FATAL:`` line on stderr
 (as Singularity); for ``exec``/``run``/``shell`` the command's own status
@@ -33,6 +35,7 @@ from typing import Any
 
 from instancelib.errors import InstanceError, InvalidArgument, NotFound
 from instancelib.image import Image
+from instancelib.image import sif as sif_format
 from instancelib.instance import Instance, stop_instances
 from instancelib.readiness import CommandProbe, FileProbe, TcpProbe
 from instancelib.registry import InstanceRegistry
@@ -90,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds before SIGKILL (default 10)")
     stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
     stop.add_argument("pattern", nargs="?", metavar="PATTERN")
+
+    sif = commands.add_parser("sif", help="show what a SIF file holds (as siftool does)")
+    sif_commands = sif.add_subparsers(dest="sif_command", required=True, metavar="SUBCOMMAND")
+    for verb, what in (("header", "the global header"), ("list", "the data objects")):
+        sif_command = sif_commands.add_parser(verb, help=f"show {what}")
+        sif_command.add_argument("image", metavar="IMAGE")
+    info = sif_commands.add_parser("info", help="show one data object's descriptor")
+    info.add_argument("id", type=int, metavar="ID")
+    info.add_argument("image", metavar="IMAGE")
 
     for verb, what in (("exec", "run a command in an instance"),
                        ("run", "run an instance's runscript"),
@@ -350,6 +362,17 @@ def _shell_on_pty(instance: Instance, command: list[str], env: dict[str, str]) -
     return _exit_code(process.wait())
 
 
+def _sif(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    image = sif_format.SIFImage.open(args.image)
+    if args.sif_command == "header":
+        sys.stdout.write(sif_format.format_header(image))
+    elif args.sif_command == "list":
+        sys.stdout.write(sif_format.format_list(image))
+    else:
+        sys.stdout.write(sif_format.format_info(image, args.id))
+    return 0
+
+
 _COMMANDS = {
     ("instance", "start"): _instance_start,
     ("instance", "run"): _instance_start,
@@ -358,6 +381,7 @@ _COMMANDS = {
     ("exec", None): _exec,
     ("run", None): _run,
     ("shell", None): _shell,
+    ("sif", None): _sif,
 }
 
 
