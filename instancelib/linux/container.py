@@ -9,9 +9,10 @@ The sequence (``setup_container``):
 
 1. make every mount a slave, so nothing we mount propagates to the host;
 2. mount a small tmpfs on the session directory (staging area);
-3. bind the image there and build the root: a read-only bind, or an overlay
-   with a tmpfs upper layer (``writable_tmpfs``), or a read-only overlay with
-   a "skeleton" layer that supplies missing mount points;
+3. bind the image there (a directory) or mount its squashfs through a loop
+   device (a SIF or squashfs file, as root), and build the root: a read-only
+   bind, or an overlay with a tmpfs upper layer (``writable_tmpfs``), or a
+   read-only overlay with a "skeleton" layer that supplies missing mount points;
 4. carry out the plan's mounts (/proc, /sys, /dev, binds, tmpfs) onto targets
    resolved inside the new root (see ``pathwalk``);
 5. set the hostname, pivot_root into the new root, detach the old one.
@@ -22,12 +23,15 @@ Only the standard library is imported.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import signal
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
-from instancelib.linux import pathwalk, syscalls
+from instancelib.linux import loopdev, pathwalk, syscalls
 from instancelib.linux.syscalls import (
     MNT_DETACH,
     MS_BIND,
@@ -90,17 +94,19 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def setup_container(plan: dict[str, Any]) -> list[str]:
+def setup_container(plan: dict[str, Any]) -> dict[str, Any]:
     """Build the root filesystem described by ``plan`` and pivot into it.
 
-    Returns notes for the caller's log (fallbacks that were taken).
+    Returns what the caller should know: ``notes`` for its log (fallbacks that
+    were taken, how the image was mounted) and the ``loop`` device used, if any.
     """
-    notes: list[str] = []
+    report: dict[str, Any] = {"notes": [], "loop": None, "helpers": []}
+    notes: list[str] = report["notes"]
     session = plan["session_dir"]
     make_mounts_slave()
     mount_session(session, plan["session_size"])
     root = os.path.join(session, "root")
-    root_fd = mount_root(plan, session, root)
+    root_fd = mount_root(plan, session, root, report)
     try:
         for op in plan["mounts"]:
             apply_mount(root_fd, root, op, writable=plan["writable_tmpfs"], notes=notes)
@@ -109,7 +115,7 @@ def setup_container(plan: dict[str, Any]) -> list[str]:
         pivot_to_root(root_fd)
     finally:
         os.close(root_fd)
-    return notes
+    return report
 
 
 def make_mounts_slave() -> None:
@@ -140,16 +146,83 @@ def mount_session(session: str, size: str) -> None:
         raise _step("mount session tmpfs", session)(err) from err
 
 
-def mount_root(plan: dict[str, Any], session: str, root: str) -> int:
+# Descriptors PID 1 keeps for its whole life (a shared lock on a cache entry).
+_held: list[int] = []
+_SQUASHFUSE_WAIT = 10.0
+
+
+def mount_image(rootfs: dict[str, Any], lower: str, report: dict[str, Any]) -> None:
+    """Make the image's root filesystem appear at ``lower``."""
+    image = rootfs["path"]
+    if rootfs.get("hold"):
+        # Shared for as long as we run: the cache never evicts an entry in use.
+        fd = os.open(rootfs["hold"], os.O_RDONLY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _held.append(fd)
+    if rootfs["kind"] == "squashfuse":
+        _mount_squashfuse(rootfs, lower, report)
+        return
+    if rootfs["kind"] == "squashfs":
+        try:
+            device, fd, shared = loopdev.attach(image, rootfs["offset"], rootfs["size"])
+        except OSError as err:
+            raise _step("attach a loop device to the image", image)(err) from err
+        try:
+            syscalls.mount(device, lower, "squashfs", MS_RDONLY | MS_NODEV)
+        except OSError as err:
+            raise _step(f"mount the image's squashfs from {device}", image)(err) from err
+        finally:
+            os.close(fd)  # the mount holds the device; autoclear frees it after the mount
+        report["loop"] = device
+        report["notes"].append(f"the image's squashfs is mounted through {device}"
+                               + (" (shared with another instance)" if shared else ""))
+        return
+    try:
+        syscalls.mount(image, lower, None, MS_BIND | MS_REC)
+    except OSError as err:
+        raise _step("bind the image", image)(err) from err
+
+
+def _mount_squashfuse(rootfs: dict[str, Any], lower: str, report: dict[str, Any]) -> None:
+    """Mount the squashfs with squashfuse, run in the foreground as our own child.
+
+    Its stop signals are blocked (the mask survives exec), so a stop reaches
+    the service while its filesystem stays up; it ends with the namespace.
+    """
+    image = rootfs["path"]
+    before = os.stat(lower).st_dev
+    argv = [rootfs["helper"], "-f", "-o", f"ro,offset={rootfs['offset']}", image, lower]
+    try:
+        pid = os.posix_spawn(argv[0], argv, {"PATH": "/usr/bin:/bin"},
+                             file_actions=[(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0)],
+                             setsigmask=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+                             setsid=True)
+    except OSError as err:
+        raise _step("run squashfuse", image)(err) from err
+    deadline = time.monotonic() + _SQUASHFUSE_WAIT
+    while os.stat(lower).st_dev == before:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            raise SetupError("mount the image with squashfuse",
+                             f"squashfuse exited with status {os.waitstatus_to_exitcode(status)}",
+                             path=image)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise SetupError("mount the image with squashfuse", "squashfuse did not mount it in "
+                             f"{_SQUASHFUSE_WAIT:g} s", path=image)
+        time.sleep(0.002)
+    report["helpers"].append(pid)
+    report["notes"].append("the image's squashfs is mounted with squashfuse")
+
+
+def mount_root(plan: dict[str, Any], session: str, root: str, report: dict[str, Any]) -> int:
     """Mount the image at ``root`` (read-only, overlaid, or with a skeleton); return its fd."""
     image = plan["rootfs"]["path"]
     lower = os.path.join(session, "lower")
     os.mkdir(lower)
     os.mkdir(root)
-    try:
-        syscalls.mount(image, lower, None, MS_BIND | MS_REC)
-    except OSError as err:
-        raise _step("bind the image", image)(err) from err
+    mount_image(plan["rootfs"], lower, report)
     layers = os.path.join(session, "layers")
     # Missing mount points always come from the skeleton layer, never from a
     # mkdir in the merged root: in a user namespace the image's directories

@@ -81,7 +81,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):
                 os.write(err_fd, f"instancelib: {plan['note']}\n".encode())
-            notes = container.setup_container(plan)
+            report = container.setup_container(plan)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
@@ -92,7 +92,8 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             os.close(out_fd)
             os.close(err_fd)
         wire.send_message(channel, {"event": "ready", "env": env, "cwd": cwd,
-                                    "service": service, "notes": notes})
+                                    "service": service, "notes": report["notes"],
+                                    "loop": report["loop"]})
         answer, _ = wire.recv_message(channel)
         if answer is None or answer.get("event") != "commit":
             # The caller is gone (or gave up) before recording us: leave nothing running.
@@ -105,7 +106,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                         "message": f"{type(err).__name__}: {err}",
                                         "errno": getattr(err, "errno", None), "path": None})
         os._exit(1)
-    _supervise(wakeup, channel, service)
+    _supervise(wakeup, channel, service, set(report["helpers"]))
 
 
 def _prepare_process() -> int:
@@ -227,8 +228,13 @@ def _shebang(path: str) -> str | None:
     return None
 
 
-def _supervise(wakeup: int, channel: socket.socket | None, service: int | None) -> None:
-    """The resident loop: reap, forward signals, exit after a stop once all is gone."""
+def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
+               helpers: set[int]) -> None:
+    """The resident loop: reap, forward signals, exit after a stop once all is gone.
+
+    ``helpers`` (squashfuse) are our children too, but do not keep us up:
+    they serve the instance and end with it.
+    """
     poller = select.poll()
     poller.register(wakeup, select.POLLIN)
     if channel is not None:
@@ -256,6 +262,9 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None) 
                 channel.close()
                 channel = None
         children_left, exited = _reap()
+        helpers.difference_update(exited)
+        if children_left and helpers:
+            children_left = bool(set(procfs.children_of(1)) - helpers)
         if service is not None and service in exited:
             if channel is not None:
                 with contextlib.suppress(OSError):
