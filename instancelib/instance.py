@@ -45,6 +45,7 @@ log = logging.getLogger("instancelib")
 
 _RUNSCRIPT = "/.singularity.d/runscript"
 _KILL_GRACE = 10.0  # how long SIGKILL of PID 1 may take to empty the namespace
+_LOOP_RELEASE = 2.0  # how long a stopped instance's loop device may take to detach
 _ERR_TAIL_LINES = 20
 
 
@@ -218,6 +219,7 @@ class Instance(metaclass=_NoPublicConstructor):
                          "hostname": hostname, "binds": [str(b) for b in bind_list],
                          "fakeroot": bool(fakeroot)},
                 namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
+                loop=launch.loop,
             )
             registry.publish(record, launch.env)
             written.append(record)
@@ -555,6 +557,32 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
             os.close(pidfd)
     for stopped, _ in pidfds:
         stopped._forget()
+    _wait_for_loop_devices([i for i, _ in pidfds])
+
+
+def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:
+    """Return once the loop devices only the stopped instances used are detached.
+
+    Autoclear detaches a device when its last mount goes, with the instance's
+    mount namespace; that can lag PID 1's exit by a moment.  A device another
+    running instance of this registry still uses is not waited for.
+    """
+    devices = {i._record.loop for i in stopped if i._record.loop}
+    if not devices:
+        return
+    for registry in {i.registry for i in stopped}:
+        devices -= {record.loop for record in registry.records() if record.loop}
+    deadline = time.monotonic() + _LOOP_RELEASE
+    while devices and time.monotonic() < deadline:
+        devices = {d for d in devices if _loop_attached(d)}
+        if devices:
+            time.sleep(0.001)
+    if devices:
+        log.debug("loop devices still attached after stop (shared?): %s", sorted(devices))
+
+
+def _loop_attached(device: str) -> bool:
+    return os.path.exists(f"/sys/block/{os.path.basename(device)}/loop/backing_file")
 
 
 # -- start-up conversation with PID 1 ----------------------------------------------------------
@@ -571,6 +599,7 @@ class _Launch:
         self.env: dict[str, str] = {}
         self.cwd = "/"
         self.notes: list[str] = []
+        self.loop: str | None = None
         self.service_status: int | None = None
 
     @classmethod
@@ -630,6 +659,7 @@ class _Launch:
         self.env = {str(k): str(v) for k, v in ready["env"].items()}
         self.cwd = str(ready["cwd"])
         self.notes = [str(note) for note in ready.get("notes", [])]
+        self.loop = ready.get("loop")
 
     def _adopt(self, pid: int) -> None:
         """Note the new PID 1's identity; ``self.pidfd`` (from its parent) pins the process."""

@@ -110,6 +110,7 @@ class InstanceRecord:
     service_starttime: int = 0
     options: dict[str, Any] = attrs.field(factory=dict)
     namespaces: int = 0
+    loop: str | None = None
     cgroup: str | None = None
     netns: str | None = None
 
@@ -157,6 +158,7 @@ class InstanceRecord:
             "serviceStarttime": self.service_starttime,
             "options": self.options,
             "namespaces": self.namespaces,
+            "loop": self.loop,
             "cgroup": self.cgroup,
             "netns": self.netns,
         }
@@ -178,7 +180,7 @@ class InstanceRecord:
                 service_pid=_int(data["servicePid"]),
                 service_starttime=_int(data["serviceStarttime"]),
                 options=dict(data["options"]), namespaces=_int(data["namespaces"]),
-                cgroup=data["cgroup"], netns=data["netns"],
+                loop=data["loop"], cgroup=data["cgroup"], netns=data["netns"],
             )
         except (KeyError, TypeError, InvalidName) as err:
             raise ValueError(f"malformed record: {err}") from err

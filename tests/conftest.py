@@ -19,7 +19,7 @@ import pytest
 from instancelib import Image, Instance, InstanceRegistry
 from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux import client
-from tests.helpers import host_mounts, instance_processes
+from tests.helpers import host_mounts, instance_processes, loop_devices
 
 ImageFactory = Callable[..., Image]
 
@@ -28,6 +28,7 @@ ImageFactory = Callable[..., Image]
 def nothing_left_behind() -> Iterator[None]:
     processes_before = instance_processes()
     mounts_before = host_mounts()
+    loops_before = loop_devices()
     yield
     client._shutdown()
     deadline = time.monotonic() + 5
@@ -37,6 +38,7 @@ def nothing_left_behind() -> Iterator[None]:
         leftover = instance_processes() - processes_before
     assert not leftover, f"instance processes left running: {sorted(leftover)}"
     assert host_mounts() == mounts_before, "the host's mount table changed"
+    assert loop_devices() - loops_before == set(), "loop devices left attached"
 
 
 @pytest.fixture

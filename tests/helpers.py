@@ -36,6 +36,18 @@ def host_mounts() -> set[tuple[str, str]]:
     return mounts
 
 
+def loop_devices() -> set[tuple[str, str]]:
+    """(device, backing file) of every attached loop device."""
+    found = set()
+    for name in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{name}/loop/backing_file") as f:
+                found.add((name, f.read().strip()))
+        except OSError:
+            continue
+    return found
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

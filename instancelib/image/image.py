@@ -41,6 +41,7 @@ KINDS = ("sandbox", "sif", "squashfs", "oci-layout", "oci-archive", "docker-arch
 # A directory holding none of these is not a root filesystem.
 _ROOTFS_MARKERS = (".singularity.d", "bin", "usr", "etc", "sbin", "lib")
 _SQUASHFS_MAGIC = b"hsqs"
+_COMPRESSED = (b"\x1f\x8b", b"BZ", b"\xfd7")  # gzip, bzip2, xz (as a tar's wrapper)
 _SIF_MAGIC = b"SIF_MAGIC\0"
 # What other files are, to say so when refusing them.
 _SIGNATURES = (
@@ -164,7 +165,7 @@ def _detect(path: str, details: dict[str, Any]) -> str:
         details["offset"] = 0
         details["size"] = _squashfs_size(head, info.st_size, path)
         return "squashfs"
-    if (len(head) >= 262 and head[257:262] == b"ustar") or _is_tar(path):
+    if head[257:262] == b"ustar" or (head[:2] in _COMPRESSED and _is_compressed_tar(path)):
         return _detect_archive(path)
     raise ImageError(f"{path} is not a container image: it is {_describe(head, info.st_size)}")
 
@@ -185,10 +186,12 @@ def _detect_directory(path: str) -> str:
     return "sandbox"
 
 
-def _is_tar(path: str) -> bool:
+def _is_compressed_tar(path: str) -> bool:
+    """A gzip/bzip2/xz file holding a tar with at least one entry."""
     try:
-        return tarfile.is_tarfile(path)
-    except OSError:
+        with tarfile.open(path, "r:*") as archive:
+            return archive.next() is not None
+    except (OSError, tarfile.TarError, EOFError):
         return False
 
 

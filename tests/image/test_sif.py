@@ -224,7 +224,7 @@ def _base_bytes() -> bytes:
     return image_path("two-groups-signed-pgp").read_bytes()
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_mutation_is_read_safely_or_refused(tmp_path, data):
