@@ -9,6 +9,7 @@ The public API, re-exported from the modules that define it::
 """
 
 from instancelib.binds import Bind as Bind
+from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
 from instancelib.errors import ImageError as ImageError
 from instancelib.errors import InstanceError as InstanceError
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Bind",
     "CommandProbe",
+    "DefinitionError",
     "ExecError",
     "ExecResult",
     "FileProbe",

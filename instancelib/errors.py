@@ -9,6 +9,7 @@ message from them::
     ├── InvalidArgument (also ValueError)    a bad option value
     │   └── InvalidName                      a name that breaks the naming rule
     ├── ImageError                           missing, unreadable or unsupported image
+    ├── DefinitionError (also ValueError)    a malformed definition file (with its line)
     ├── NotFound (also LookupError)          no such (running) instance
     ├── NameConflict                         the name is taken by a running instance
     ├── StartError                           the instance could not be started
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "DefinitionError",
     "ExecError",
     "ImageError",
     "InstanceError",
@@ -110,6 +112,18 @@ class ImageError(InstanceError):
     """The image is missing, unreadable, or not a container image."""
 
 
+class DefinitionError(InstanceError, ValueError):
+    """A definition file is malformed; ``line`` is where (1-based), when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, **fields: object) -> None:
+        super().__init__(message, **fields)  # type: ignore[arg-type]
+        self.line = line
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"line {self.line}: {text}" if self.line is not None else text
+
+
 class NotFound(InstanceError, LookupError):
     """No running instance has that name (or that instance has ended)."""
 
@@ -151,6 +165,7 @@ for _cls in (
     InvalidArgument,
     InvalidName,
     ImageError,
+    DefinitionError,
     NotFound,
     NameConflict,
     StartError,
