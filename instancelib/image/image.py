@@ -82,6 +82,15 @@ class Image:
         self.kind = _detect(self.path, self._details)
 
     @classmethod
+    def _build_root(cls, path: str | os.PathLike[str]) -> Image:
+        """A sandbox being built: bound read-write, mount points created in it (``%post``)."""
+        image = cls.__new__(cls)
+        image.path = os.path.abspath(os.fspath(path))
+        image.kind = "sandbox"
+        image._details = {"writable": True}
+        return image
+
+    @classmethod
     def _from_record(cls, path: str, kind: str) -> Image:
         """An Image for a running instance's record (no checks: it may be gone by now)."""
         image = cls.__new__(cls)
@@ -104,7 +113,8 @@ class Image:
         """
         real = os.path.realpath(self.path)
         if self.kind == "sandbox":
-            return {"kind": "directory", "path": real}
+            return {"kind": "directory", "path": real,
+                    "writable": bool(self._details.get("writable"))}
         if self.kind in ("sif", "squashfs"):
             offset, size = self._details["offset"], self._details["size"]
             if has_host_root():
@@ -115,7 +125,7 @@ class Image:
                         "helper": shutil.which("squashfuse")}
             directory, lock = cache.entry(
                 _file_key("squashfs", real, offset),
-                lambda target: _unsquash(real, offset, target),
+                lambda target: unsquash_into(real, offset, target),
                 what=f"image {self.path} (no usable FUSE for squashfuse)",
             )
             return {"kind": "directory", "path": str(directory), "hold": str(lock)}
@@ -273,7 +283,7 @@ def _file_key(kind: str, path: str, offset: int) -> str:
     return f"{kind}-{hashlib.sha256(f'{identity}:{offset}'.encode()).hexdigest()[:32]}"
 
 
-def _unsquash(path: str, offset: int, target: str | os.PathLike[str]) -> None:
+def unsquash_into(path: str, offset: int, target: str | os.PathLike[str]) -> None:
     """Extract the squashfs at ``offset`` of ``path`` into the (empty) ``target``."""
     unsquashfs = shutil.which("unsquashfs") or "/usr/bin/unsquashfs"
     if not os.access(unsquashfs, os.X_OK):

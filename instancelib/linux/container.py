@@ -108,8 +108,9 @@ def setup_container(plan: dict[str, Any]) -> dict[str, Any]:
     root = os.path.join(session, "root")
     root_fd = mount_root(plan, session, root, report)
     try:
+        writable = plan["writable_tmpfs"] or bool(plan["rootfs"].get("writable"))
         for op in plan["mounts"]:
-            apply_mount(root_fd, root, op, writable=plan["writable_tmpfs"], notes=notes)
+            apply_mount(root_fd, root, op, writable=writable, notes=notes)
         if plan.get("hostname"):
             set_hostname(plan["hostname"])
         pivot_to_root(root_fd)
@@ -227,6 +228,13 @@ def mount_root(plan: dict[str, Any], session: str, root: str, report: dict[str, 
     # Missing mount points always come from the skeleton layer, never from a
     # mkdir in the merged root: in a user namespace the image's directories
     # belong to an unmapped root, and even "root" inside may not write them.
+    if plan["rootfs"].get("writable"):
+        # A sandbox being built: the image itself is the root, read-write.
+        try:
+            syscalls.mount(lower, root, None, MS_BIND | MS_REC)
+        except OSError as err:
+            raise _step("bind the image", image)(err) from err
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     missing = _missing_mount_points(lower, plan["mounts"])
     lowerdirs = lower
     if missing:
