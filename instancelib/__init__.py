@@ -24,6 +24,10 @@ from instancelib.errors import StartTimeout as StartTimeout
 from instancelib.errors import Timeout as Timeout
 from instancelib.errors import Unsupported as Unsupported
 from instancelib.image import Image as Image
+from instancelib.image.build import BuildProgress as BuildProgress
+from instancelib.image.deffile import Definition as Definition
+from instancelib.image.inspect import AppMetadata as AppMetadata
+from instancelib.image.inspect import ImageMetadata as ImageMetadata
 from instancelib.instance import Instance as Instance
 from instancelib.instance import InstanceStatus as InstanceStatus
 from instancelib.process import ExecResult as ExecResult
@@ -37,14 +41,18 @@ from instancelib.registry import InstanceRegistry as InstanceRegistry
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppMetadata",
     "Bind",
+    "BuildProgress",
     "CommandProbe",
+    "Definition",
     "DefinitionError",
     "ExecError",
     "ExecResult",
     "FileProbe",
     "Image",
     "ImageError",
+    "ImageMetadata",
     "Instance",
     "InstanceError",
     "InstanceProcess",

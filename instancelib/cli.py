@@ -10,6 +10,9 @@
     instancelib shell instance://NAME
     instancelib sif header|list IMAGE
     instancelib sif info ID IMAGE
+    instancelib build [--sandbox] [--notest] [--force] [--build-arg K=V] TARGET SOURCE
+    instancelib inspect [--labels|--deffile|--runscript|--startscript|--test|
+                         --environment|--helpfile|--list-apps|--all] [--app APP] [--json] IMAGE
 
 Exit status: 0 on success; 255 on an error, with one ``FATAL:`` line on stderr
 (as Singularity); for ``exec``/``run``/``shell`` the command's own status
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import pty
@@ -29,6 +31,7 @@ import select
 import signal
 import sys
 import termios
+import time
 import tty
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +39,8 @@ from typing import Any
 from instancelib.errors import InstanceError, InvalidArgument, NotFound
 from instancelib.image import Image
 from instancelib.image import sif as sif_format
+from instancelib.image.build import BuildProgress
+from instancelib.image.inspect import AppMetadata, ImageMetadata, go_json
 from instancelib.instance import Instance, stop_instances
 from instancelib.readiness import CommandProbe, FileProbe, TcpProbe
 from instancelib.registry import InstanceRegistry
@@ -102,6 +107,33 @@ def _parser() -> argparse.ArgumentParser:
     info = sif_commands.add_parser("info", help="show one data object's descriptor")
     info.add_argument("id", type=int, metavar="ID")
     info.add_argument("image", metavar="IMAGE")
+
+    build = commands.add_parser("build", help="build an image from a definition file, or "
+                                "convert an image")
+    build.add_argument("-s", "--sandbox", action="store_true",
+                       help="build a sandbox directory instead of a SIF file")
+    build.add_argument("-T", "--notest", action="store_true", help="skip the %%test section")
+    build.add_argument("-F", "--force", action="store_true", help="replace an existing target")
+    build.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
+                       help="a value for a {{ NAME }} build argument (repeatable)")
+    build.add_argument("--build-arg-file", metavar="FILE",
+                       help="a file of NAME=VALUE lines for build arguments")
+    build.add_argument("target", metavar="TARGET")
+    build.add_argument("source", metavar="SOURCE")
+
+    inspect = commands.add_parser("inspect", help="show an image's metadata")
+    for short, flag, what in (
+            ("-l", "labels", "the labels (the default)"),
+            ("-d", "deffile", "the definition file it was built from"),
+            ("-r", "runscript", "the runscript"), ("-s", "startscript", "the startscript"),
+            ("-t", "test", "the test script"), ("-e", "environment", "the environment scripts"),
+            ("-H", "helpfile", "the runscript's help")):
+        inspect.add_argument(short, f"--{flag}", action="store_true", help=f"show {what}")
+    inspect.add_argument("--list-apps", action="store_true", help="list the SCIF apps")
+    inspect.add_argument("--app", default="", help="show one SCIF app's metadata")
+    inspect.add_argument("--all", action="store_true", help="show everything (as JSON)")
+    inspect.add_argument("-j", "--json", action="store_true", help="print as JSON")
+    inspect.add_argument("image", metavar="IMAGE")
 
     for verb, what in (("exec", "run a command in an instance"),
                        ("run", "run an instance's runscript"),
@@ -211,11 +243,8 @@ def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
 
 
 def _go_json(value: object) -> str:
-    """JSON as Go's encoder with SetIndent("", "\\t") writes it."""
-    text = json.dumps(value, indent="\t", ensure_ascii=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
-        text = text.replace(char, escape)
-    return text + "\n"
+    """JSON as Go's encoder with SetIndent("", "\\t") writes it, and a newline."""
+    return go_json(value) + "\n"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -373,6 +402,119 @@ def _sif(args: argparse.Namespace, registry: InstanceRegistry) -> int:
     return 0
 
 
+def _build_args(items: Sequence[str], path: str | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    lines: list[tuple[str, str]] = []
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [(f"{path}:{n}", line.strip()) for n, line in enumerate(f, 1)]
+        except OSError as err:
+            raise InvalidArgument(f"cannot read the build-argument file {path}: "
+                                  f"{err.strerror}") from err
+    lines += [("--build-arg", item) for item in items]
+    for where, line in lines:
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip():
+            raise InvalidArgument(f"{where}: expected NAME=VALUE, found {line!r}")
+        values[name.strip()] = value
+    return values
+
+
+class _BuildReporter:
+    """Shows a build's progress: steps as INFO lines, script output as it comes,
+    and a bar on a terminal while a step with a known fraction runs."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.bar = False
+
+    def __call__(self, event: BuildProgress) -> None:
+        if event.output is not None:
+            self._clear()
+            sys.stdout.write(event.output + "\n")
+            sys.stdout.flush()
+        elif event.fraction is not None and self.tty and event.step != "done":
+            width = 30
+            done = int(width * max(0.0, min(1.0, event.fraction)))
+            sys.stderr.write(f"\r{event.step:<20.20} [{'=' * done}{' ' * (width - done)}] "
+                             f"{event.fraction:4.0%}")
+            sys.stderr.flush()
+            self.bar = True
+        elif event.step == "done":
+            self._clear()
+        else:
+            self._clear()
+            log.info("%s", event.step)
+
+    def _clear(self) -> None:
+        if self.bar:
+            sys.stderr.write("\r\033[K")
+            self.bar = False
+
+
+def _build(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    build_args = _build_args(args.build_arg, args.build_arg_file)
+    reporter = _BuildReporter()
+    log.info("starting build...")
+    Image.build(args.source, args.target, sandbox=args.sandbox, build_args=build_args or None,
+                notest=args.notest, force=args.force, progress=reporter)
+    log.info("build complete: %s (%.1f s)", args.target, time.monotonic() - reporter.started)
+    return 0
+
+
+_INSPECT_FIELDS = ("labels", "deffile", "runscript", "startscript", "test", "environment",
+                   "helpfile")
+
+
+def _selected(metadata: ImageMetadata, args: argparse.Namespace) -> ImageMetadata:
+    """What the flags ask for, as Apptainer selects it (labels when nothing is asked)."""
+    wanted = {name for name in _INSPECT_FIELDS if args.all or getattr(args, name)}
+    if not wanted and not args.list_apps:
+        wanted = {"labels"}
+    if args.app and not args.all:
+        app = metadata.apps.get(args.app)
+        if app is None:
+            raise NotFound(f"the image has no app {args.app!r}"
+                           f" (apps: {', '.join(sorted(metadata.apps)) or 'none'})")
+        app = AppMetadata(**{name: getattr(app, name) if name in wanted else None
+                             for name in ("runscript", "test", "helpfile")},
+                          labels=app.labels if "labels" in wanted else {},
+                          environment=app.environment if "environment" in wanted else {})
+        return ImageMetadata(apps={args.app: app})
+    apps = dict(metadata.apps) if args.all or args.list_apps else {}
+    return ImageMetadata(
+        labels=metadata.labels if "labels" in wanted else {},
+        environment=metadata.environment if "environment" in wanted else {},
+        apps=apps, **{name: getattr(metadata, name) if name in wanted else None
+                      for name in ("deffile", "runscript", "startscript", "test", "helpfile")})
+
+
+def _inspect(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    shown = _selected(Image(args.image).inspect(), args)
+    if args.json or args.all:
+        sys.stdout.write(_go_json(shown.to_dict()))
+        return 0
+    out = []
+    if args.list_apps:
+        out += [f"{name}\n" for name in sorted(shown.apps)]
+    app = shown.apps.get(args.app) if args.app else None
+    for name in ("deffile", "runscript", "startscript", "test", "helpfile"):
+        text = getattr(shown, name) or (
+            getattr(app, name, None) if name not in {"deffile", "startscript"} else None)
+        if text:
+            out.append(f"{text}\n")
+    environment = shown.environment or (app.environment if app else {})
+    out += [f"=== {key} ===\n{environment[key]}\n\n" for key in sorted(environment)]
+    labels = shown.labels or (app.labels if app else {})
+    out += [f"{key}: {labels[key]}\n" for key in sorted(labels)]
+    sys.stdout.write("".join(out))
+    return 0
+
+
 _COMMANDS = {
     ("instance", "start"): _instance_start,
     ("instance", "run"): _instance_start,
@@ -382,6 +524,8 @@ _COMMANDS = {
     ("run", None): _run,
     ("shell", None): _shell,
     ("sif", None): _sif,
+    ("build", None): _build,
+    ("inspect", None): _inspect,
 }
 
 

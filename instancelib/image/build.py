@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -47,14 +48,15 @@ from instancelib.image import cache, oci, sif
 from instancelib.image.busybox import find_static_busybox, make_busybox_rootfs
 from instancelib.image.deffile import Definition, Script
 from instancelib.image.image import Image, unsquash_into
+from instancelib.image.inspect import METADATA_OBJECT, read_tree
+from instancelib.launchplan import user_namespace_plan
 from instancelib.linux import pathwalk
 from instancelib.linux.userns import has_host_root
 
-__all__ = ["BuildProgress", "build"]
+__all__ = ["BuildProgress", "build", "remove_build_tree"]
 
 log = logging.getLogger("instancelib")
 
-VERSION_LABEL = "instancelib"
 _UNREACHABLE = {
     "docker": "a Docker/OCI registry", "library": "a Sylabs library", "oras": "an OCI registry",
     "shub": "Singularity Hub", "http": "the network", "https": "the network",
@@ -136,7 +138,7 @@ def build(
         report(BuildProgress("done", 1.0))
         return Image(target_path)
     finally:
-        cache.remove_tree(workdir)
+        remove_build_tree(workdir)
 
 
 def _stages(source: Any, build_args: Mapping[str, str] | None) -> list[Definition | Image]:
@@ -165,7 +167,7 @@ def _replace(target: Path, built: Path, *, force: bool) -> None:
         if not force:
             raise ImageError("the build target exists", path=str(target))
         if target.is_dir() and not target.is_symlink():
-            cache.remove_tree(target)
+            remove_build_tree(target)
         else:
             target.unlink()
     os.rename(built, target)
@@ -211,10 +213,11 @@ def _bootstrap(stage: Definition, agent: str, root: Path, report: ProgressCallba
         if not path:
             raise DefinitionError(f"Bootstrap: {agent} needs a From: path", line=stage.line)
         image = Image(path)
-        if agent != "localimage" and image.kind not in ("oci-layout", "oci-archive",
-                                                         "docker-archive"):
-            raise ImageError(f"Bootstrap: {agent} expects an OCI image or archive; {path} is "
-                             f"a {image.kind}")
+        expected = {"oci": "oci-layout", "oci-archive": "oci-archive",
+                    "docker-archive": "docker-archive"}.get(agent)
+        if expected is not None and image.kind != expected:
+            raise ImageError(f"Bootstrap: {agent} expects an {expected}; {path} is a "
+                             f"{image.kind} (Bootstrap: localimage takes any image)")
         _convert(image, root, report)
     elif agent == "debootstrap":
         _debootstrap(stage, root, report)
@@ -229,11 +232,12 @@ def _bootstrap(stage: Definition, agent: str, root: Path, report: ProgressCallba
 
 
 def _debootstrap(stage: Definition, root: Path, report: ProgressCallback) -> None:
-    tool = shutil.which("debootstrap")
+    if not has_host_root():
+        raise Unsupported("Bootstrap: debootstrap needs root (it creates device nodes and "
+                          "sets owners); build as root, or from a saved image")
+    tool = shutil.which("debootstrap") or shutil.which("debootstrap", path="/usr/sbin:/sbin")
     if tool is None:
         raise Unsupported("Bootstrap: debootstrap needs debootstrap (Debian package debootstrap)")
-    if not has_host_root():
-        raise Unsupported("Bootstrap: debootstrap needs root")
     suite = stage.header.get("osversion") or "stable"
     mirror = stage.header.get("mirrorurl") or "http://deb.debian.org/debian"
     argv = [tool, "--variant=minbase"]
@@ -381,8 +385,7 @@ def _run_inside(root: Path, script: Script, what: str, report: ProgressCallback,
                                 detail="\n".join(tail))
     finally:
         instance.stop(force=True)
-        if not read_only:
-            script_path.unlink(missing_ok=True)
+        script_path.unlink(missing_ok=True)
 
 
 def _app_install_script(stage: Definition) -> str:
@@ -400,18 +403,28 @@ def _app_install_script(stage: Definition) -> str:
 # -- the image's metadata ----------------------------------------------------------------------
 
 
+def _trimmed(body: str) -> str:
+    """A section's text without its leading and trailing blank lines, ending in a newline."""
+    lines = body.splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "".join(line + "\n" for line in lines)
+
+
 def _script_file(body: str, default_interpreter: str = "/bin/sh") -> str:
-    text = body.lstrip("\n")
+    text = _trimmed(body)
     if text.lstrip().startswith("#!"):
         return text.lstrip()
-    return f"#!{default_interpreter}\n\n{body}"
+    return f"#!{default_interpreter}\n\n{text}"
 
 
 def _write_layout(root: Path, stage: Definition) -> None:
     meta = root / ".singularity.d"
     environment = stage.section("environment").script
     if environment.strip():
-        (meta / "env/90-environment.sh").write_text(f"#!/bin/sh\n{environment}")
+        (meta / "env/90-environment.sh").write_text(f"#!/bin/sh\n{_trimmed(environment)}")
     for name, section in (("runscript", "runscript"), ("startscript", "startscript"),
                           ("test", "test")):
         body = stage.section(section).script
@@ -421,20 +434,26 @@ def _write_layout(root: Path, stage: Definition) -> None:
             path.chmod(0o755)
     help_text = stage.section("help").script
     if help_text.strip():
-        (meta / "runscript.help").write_text(help_text)
+        (meta / "runscript.help").write_text(_trimmed(help_text))
     (meta / "Singularity").write_text(stage.raw)
     labels_file = meta / "labels.json"
     labels = json.loads(labels_file.read_text()) if labels_file.exists() else {}
+    from instancelib import __version__  # noqa: PLC0415 (the package imports this module)
+
     labels.update({
         "org.label-schema.build-date": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%A_%-d_%B_%Y_%-H:%M:%S_%Z"),
         "org.label-schema.schema-version": "1.0",
-        "org.label-schema.usage": "/.singularity.d/runscript.help",
-        "org.label-schema.usage.singularity.deffile.bootstrap": stage.bootstrap or "",
-        "org.label-schema.usage.singularity.deffile.from": stage.header.get("from", ""),
         "org.label-schema.build-arch": sif.host_arch(),
-        "instancelib.version": VERSION_LABEL,
+        "org.label-schema.usage.instancelib.version": __version__,
     })
+    if help_text.strip():
+        labels["org.label-schema.usage"] = "/.singularity.d/runscript.help"
+        labels["org.label-schema.usage.singularity.runscript.help"] = (
+            "/.singularity.d/runscript.help")
+    for key, value in (("bootstrap", stage.bootstrap), ("from", stage.header.get("from"))):
+        if value:
+            labels[f"org.label-schema.usage.singularity.deffile.{key}"] = value
     labels.update(stage.labels)
     labels_file.write_text(json.dumps(labels, indent=4, sort_keys=True) + "\n")
     for app in stage.app_order:
@@ -449,9 +468,9 @@ def _write_layout(root: Path, stage: Definition) -> None:
         if stage.apps.get(f"appenv {app}"):
             (base / "env").mkdir(exist_ok=True)
             (base / "env/90-environment.sh").write_text(
-                f"#!/bin/sh\n{stage.apps[f'appenv {app}']}")
+                f"#!/bin/sh\n{_trimmed(stage.apps[f'appenv {app}'])}")
         if stage.apps.get(f"apphelp {app}"):
-            (base / "runscript.help").write_text(stage.apps[f"apphelp {app}"])
+            (base / "runscript.help").write_text(_trimmed(stage.apps[f"apphelp {app}"]))
         app_labels = stage.apps.get(f"applabels {app}")
         if app_labels:
             pairs = dict(line.strip().partition(" ")[::2] for line in app_labels.splitlines()
@@ -470,20 +489,30 @@ def _write_sif(root: Path, target: Path, definition: Definition | None, workdir:
     squashfs = workdir / "root.squashfs"
     report(BuildProgress("mksquashfs", 0.0))
     argv = [tool, str(root), str(squashfs), "-noappend", "-quiet", "-no-progress"]
-    if not has_host_root():
-        argv.append("-all-root")  # files of the (fake) root inside belong to root in the image
+    fakeroot = _fakeroot_plan()
+    if fakeroot is not None:
+        # Root of the build's user namespace reads every file %post made (some
+        # belong to subordinate IDs) and records owners as they are inside.
+        argv = _in_fakeroot(fakeroot, argv)
+    elif not has_host_root():
+        argv.append("-all-root")  # the user's files belong to root in the image
     started = time.monotonic()
     _stream(argv, None, "mksquashfs", report)
     log.debug("mksquashfs took %.2f s", time.monotonic() - started)
     deffile = definition.full_raw.encode() if definition is not None else _existing_deffile(root)
     labels_path = root / ".singularity.d/labels.json"
     labels = labels_path.read_bytes() if labels_path.exists() else b"{}"
+    metadata = read_tree(root)
+    if deffile:
+        metadata = attrs.evolve(metadata, deffile=deffile.decode(errors="replace").rstrip("\n"))
+    # Apptainer's order: the definition, the JSON objects, the root filesystem.
     objects = []
     if deffile:
         objects.append(sif.SIFObject(data_type=sif.DATA_DEFFILE, data=deffile))
     objects.append(sif.SIFObject(data_type=sif.DATA_LABELS, data=labels))
-    objects.append(sif.SIFObject(data_type=sif.DATA_GENERIC_JSON, data=json.dumps(
-        {"instancelib": {"built": int(time.time())}}).encode(), name="inspect-metadata.json"))
+    objects.append(sif.SIFObject(data_type=sif.DATA_GENERIC_JSON,
+                                 data=json.dumps(metadata.to_dict(), indent="\t").encode(),
+                                 name=METADATA_OBJECT))
     objects.append(sif.SIFObject(data_type=sif.DATA_PARTITION, data=squashfs,
                                  fs_type=sif.FS_SQUASHFS, part_type=sif.PART_PRIMARY_SYSTEM,
                                  arch=sif.host_arch(), alignment=4096))
@@ -491,10 +520,46 @@ def _write_sif(root: Path, target: Path, definition: Definition | None, workdir:
     if target.is_dir() and not target.is_symlink():
         if not force:
             raise ImageError("the build target exists", path=str(target))
-        cache.remove_tree(target)
+        remove_build_tree(target)
     sif.write_sif(target, objects)
 
 
 def _existing_deffile(root: Path) -> bytes:
     path = root / ".singularity.d/Singularity"
     return path.read_bytes() if path.is_file() else b""
+
+
+# -- ordinary users' builds ----------------------------------------------------------------------
+
+
+def _fakeroot_plan() -> dict[str, Any] | None:
+    """The ID maps of an ordinary user's build namespace, when they map subordinate IDs."""
+    if has_host_root():
+        return None
+    plan, _note = user_namespace_plan(fakeroot=True)
+    return plan if plan is not None and plan.get("helpers") else None
+
+
+def _in_fakeroot(plan: Mapping[str, Any], argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", "instancelib.linux.fakerootexec", json.dumps(plan), *argv]
+
+
+def remove_build_tree(path: str | os.PathLike[str]) -> None:
+    """Remove a build's tree (a scratch root, or a sandbox an ordinary user built).
+
+    Files ``%post`` gave to other users inside belong to the caller's
+    subordinate IDs outside; the caller removes those as root of a user
+    namespace with the build's maps.
+    """
+    target = Path(path)
+    cache.remove_tree(target)
+    if not target.exists() and not target.is_symlink():
+        return
+    plan = _fakeroot_plan()
+    if plan is None:
+        log.warning("could not remove all of %s", target)
+        return
+    result = subprocess.run(_in_fakeroot(plan, ["rm", "-rf", "--", str(target)]),
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0 or target.exists():
+        log.warning("could not remove all of %s: %s", target, result.stderr.strip()[-300:])

@@ -27,11 +27,17 @@ import stat
 import struct
 import subprocess
 import tarfile
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from instancelib.errors import ImageError, Unsupported
 from instancelib.image import cache, sif
 from instancelib.linux.userns import has_host_root
+
+if TYPE_CHECKING:
+    from instancelib.image.build import BuildProgress
+    from instancelib.image.deffile import Definition
+    from instancelib.image.inspect import ImageMetadata
 
 __all__ = ["KINDS", "Image"]
 
@@ -98,6 +104,60 @@ class Image:
         image.kind = kind
         image._details = {}
         return image
+
+    @classmethod
+    def build(
+        cls,
+        definition: Definition | Sequence[Definition] | Image | str | os.PathLike[str],
+        target: str | os.PathLike[str],
+        *,
+        sandbox: bool = False,
+        build_args: Mapping[str, str] | None = None,
+        notest: bool = False,
+        force: bool = False,
+        progress: Callable[[BuildProgress], None] | None = None,
+    ) -> Image:
+        """Build an image, as ``apptainer build`` does, and return it.
+
+        Args:
+            definition: a ``Definition`` (or the stages of a multi-stage
+                build), a definition file's path, or an image (an ``Image`` or
+                a path ``Image`` opens), which is converted.
+            target: the SIF file to write, or with ``sandbox`` the directory.
+            sandbox: write a sandbox directory instead of a SIF file.
+            build_args: values for the definition's ``{{ NAME }}`` arguments
+                (over its ``%arguments`` defaults); for a definition file.
+            notest: skip ``%test``.
+            force: replace an existing ``target``.
+            progress: called with a ``BuildProgress`` for each step and for
+                each line ``%setup``/``%post``/``%test`` print.
+
+        Raises:
+            DefinitionError: a malformed definition, or a build argument without a value.
+            ImageError: a bad source image, a missing ``%files`` source, or an
+                existing target without ``force``.
+            Unsupported: a bootstrap agent (or tool) this machine cannot serve.
+            InstanceError: ``%setup``, ``%post`` or ``%test`` failed (the
+                message says which, ``detail`` holds its last lines of output).
+
+        A failed build leaves neither a partial target nor a mount behind.
+        """
+        from instancelib.image.build import build  # noqa: PLC0415 (build imports this module)
+
+        return build(definition, target, sandbox=sandbox, build_args=build_args,
+                     notest=notest, force=force, progress=progress)
+
+    def inspect(self) -> ImageMetadata:
+        """The image's labels, scripts, environment, definition file and apps.
+
+        What ``apptainer inspect`` shows; ``.to_dict()`` gives its JSON.
+
+        Raises:
+            ImageError: the image's metadata cannot be read.
+        """
+        from instancelib.image.inspect import inspect_image  # noqa: PLC0415
+
+        return inspect_image(self)
 
     @property
     def sif(self) -> sif.SIFImage | None:
