@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """instancelib demo: a tiny web-server image, run as two background instances.
 
-1. builds a busybox image whose startscript serves HTTP with ``busybox httpd``;
+1. builds a SIF image from the definition file embedded below (``Bootstrap:
+   busybox``: the host's static busybox; ``%post`` writes the site; the
+   startscript serves it with ``busybox httpd``), and inspects it;
 2. starts two instances of it (``web1``, ``web2``), each waiting until its port answers;
 3. fetches a page from each;
 4. shows ``instancelib instance list`` (the CLI, in Singularity's format);
@@ -24,15 +26,36 @@ import time
 import urllib.request
 from pathlib import Path
 
-from instancelib import Image, Instance, InstanceRegistry
-from instancelib.image.busybox import make_busybox_rootfs
+from instancelib import BuildProgress, Definition, Image, Instance, InstanceRegistry
 
-STARTSCRIPT = """#!/bin/sh
-echo "serving ${SITE_NAME} on port $1"
-exec httpd -f -v -p "127.0.0.1:$1" -h /srv/www
+DEFINITION = """\
+Bootstrap: busybox
+
+%help
+    The instancelib demo: a tiny web server.  Start it with the port as argument.
+
+%labels
+    org.opencontainers.image.title instancelib-demo
+    Version {{ VERSION }}
+
+%arguments
+    VERSION=1.0
+
+%environment
+    export SITE_NAME="the demo site"
+
+%post
+    mkdir -p /srv/www
+    echo "<html><body><h1>Hello from an instancelib instance</h1></body></html>" \\
+        > /srv/www/index.html
+
+%startscript
+    echo "serving ${SITE_NAME} on port $1"
+    exec httpd -f -v -p "127.0.0.1:$1" -h /srv/www
+
+%test
+    test -s /srv/www/index.html
 """
-INDEX = "<html><body><h1>Hello from an instancelib instance</h1></body></html>\n"
-ENVIRONMENT = 'export SITE_NAME="the demo site"\n'
 
 
 def free_port() -> int:
@@ -59,14 +82,17 @@ def main() -> int:
     registry = InstanceRegistry(workdir / "registry")
     instances: list[Instance] = []
     try:
-        step("build a tiny image from the host's static busybox")
+        step("build a SIF image from the embedded definition file (Bootstrap: busybox)")
         began = time.perf_counter()
-        image = Image(make_busybox_rootfs(
-            workdir / "web-image", startscript=STARTSCRIPT,
-            environment={"90-environment.sh": ENVIRONMENT},
-            files={"/srv/www/index.html": INDEX},
-        ))
+
+        def progress(event: BuildProgress) -> None:
+            if event.output is None and event.step != "done":
+                print(f"  {event.step}")
+
+        image = Image.build(Definition.parse(DEFINITION), workdir / "web.sif",
+                            progress=progress)
         print(f"{image} built in {(time.perf_counter() - began) * 1000:.0f} ms")
+        cli("inspect", "--labels", image.path, home=registry.root)
 
         step("start two instances, each ready when its port answers")
         for name in ("web1", "web2"):

@@ -8,6 +8,9 @@ The public API, re-exported from the modules that define it::
     web.stop()
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from instancelib.binds import Bind as Bind
 from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
@@ -24,10 +27,6 @@ from instancelib.errors import StartTimeout as StartTimeout
 from instancelib.errors import Timeout as Timeout
 from instancelib.errors import Unsupported as Unsupported
 from instancelib.image import Image as Image
-from instancelib.image.build import BuildProgress as BuildProgress
-from instancelib.image.deffile import Definition as Definition
-from instancelib.image.inspect import AppMetadata as AppMetadata
-from instancelib.image.inspect import ImageMetadata as ImageMetadata
 from instancelib.instance import Instance as Instance
 from instancelib.instance import InstanceStatus as InstanceStatus
 from instancelib.process import ExecResult as ExecResult
@@ -38,7 +37,22 @@ from instancelib.readiness import TcpProbe as TcpProbe
 from instancelib.registry import InstanceRecord as InstanceRecord
 from instancelib.registry import InstanceRegistry as InstanceRegistry
 
+if TYPE_CHECKING:
+    from instancelib.image.build import BuildProgress as BuildProgress
+    from instancelib.image.deffile import Definition as Definition
+    from instancelib.image.inspect import AppMetadata as AppMetadata
+    from instancelib.image.inspect import ImageMetadata as ImageMetadata
+
 __version__ = "0.1.0"
+
+# Building and inspecting images are imported on first use: starting, listing
+# and stopping instances (and the CLI's commands for them) do not pay for them.
+_LAZY = {
+    "AppMetadata": "instancelib.image.inspect",
+    "BuildProgress": "instancelib.image.build",
+    "Definition": "instancelib.image.deffile",
+    "ImageMetadata": "instancelib.image.inspect",
+}
 
 __all__ = [
     "AppMetadata",
@@ -74,7 +88,21 @@ __all__ = [
 ]
 
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if isinstance(_obj, type):
         _obj.__module__ = "instancelib"
 del _name, _obj
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'instancelib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    value.__module__ = "instancelib"
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -34,16 +34,18 @@ import termios
 import time
 import tty
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from instancelib.errors import InstanceError, InvalidArgument, NotFound
 from instancelib.image import Image
 from instancelib.image import sif as sif_format
-from instancelib.image.build import BuildProgress
-from instancelib.image.inspect import AppMetadata, ImageMetadata, go_json
 from instancelib.instance import Instance, stop_instances
 from instancelib.readiness import CommandProbe, FileProbe, TcpProbe
 from instancelib.registry import InstanceRegistry
+
+if TYPE_CHECKING:
+    from instancelib.image.build import BuildProgress
+    from instancelib.image.inspect import ImageMetadata
 
 __all__ = ["main"]
 
@@ -244,6 +246,8 @@ def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
 
 def _go_json(value: object) -> str:
     """JSON as Go's encoder with SetIndent("", "\\t") writes it, and a newline."""
+    from instancelib.image.inspect import go_json  # noqa: PLC0415 (not needed by most commands)
+
     return go_json(value) + "\n"
 
 
@@ -472,6 +476,8 @@ _INSPECT_FIELDS = ("labels", "deffile", "runscript", "startscript", "test", "env
 
 def _selected(metadata: ImageMetadata, args: argparse.Namespace) -> ImageMetadata:
     """What the flags ask for, as Apptainer selects it (labels when nothing is asked)."""
+    from instancelib.image.inspect import AppMetadata, ImageMetadata  # noqa: PLC0415
+
     wanted = {name for name in _INSPECT_FIELDS if args.all or getattr(args, name)}
     if not wanted and not args.list_apps:
         wanted = {"labels"}

@@ -552,6 +552,9 @@ def remove_build_tree(path: str | os.PathLike[str]) -> None:
     namespace with the build's maps.
     """
     target = Path(path)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()
+        return
     cache.remove_tree(target)
     if not target.exists() and not target.is_symlink():
         return
