@@ -9,7 +9,8 @@ A build, per stage of the definition:
    ``Include``); agents that need a registry this machine cannot reach
    (``docker``, ``library``, ``oras``, ``shub``) or tools it lacks (``yum``,
    ``zypper``...) raise ``Unsupported``;
-2. ``%setup`` on the host, with ``APPTAINER_ROOTFS``/``SINGULARITY_ROOTFS``;
+2. ``%setup`` on the host, with ``APPTAINER_ROOTFS``/``SINGULARITY_ROOTFS``
+   (``%pre``, before the bootstrap, also on the host);
 3. ``%files`` (from the host, or ``from STAGE``);
 4. ``%post`` inside the image (an instance of it, root inside; the host's
    network), with ``$APPTAINER_ENVIRONMENT`` for variables to keep;
@@ -179,6 +180,10 @@ def _replace(target: Path, built: Path, *, force: bool) -> None:
 def _build_stage(stage: Definition, root: Path, roots: Mapping[str, Path], workdir: Path, *,
                  notest: bool, report: ProgressCallback) -> None:
     agent = stage.bootstrap or "scratch"
+    pre = stage.section("pre")
+    if pre.script.strip():
+        report(BuildProgress("%pre"))  # on the host, before there is a root filesystem
+        _run_on_host(pre, {}, workdir, "%pre", report)
     report(BuildProgress(f"bootstrap ({agent})"))
     _bootstrap(stage, agent, root, report)
     _ensure_layout(root)
@@ -345,7 +350,7 @@ def _stream(argv: list[str], env: Mapping[str, str] | None, what: str,
 
 def _run_on_host(script: Script, env: Mapping[str, str], workdir: Path, what: str,
                  report: ProgressCallback) -> None:
-    path = workdir / "setup.sh"
+    path = workdir / "host-script.sh"
     path.write_text(script.script)
     _stream([*_interpreter(script), "-e", str(path)], env, what, report, cwd=str(workdir))
 

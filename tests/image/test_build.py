@@ -200,6 +200,7 @@ def test_build_arguments(tmp_path):
 @pytest.mark.parametrize(("section", "body", "what"), [
     ("post", "echo before-failure\nexit 3", "%post failed with exit status 3"),
     ("setup", "exit 4", "%setup failed with exit status 4"),
+    ("pre", "exit 5", "%pre failed with exit status 5"),
     ("test", "false", "%test failed with exit status 1"),
 ])
 def test_a_failed_build_leaves_nothing(tmp_path, section, body, what):
@@ -214,6 +215,20 @@ def test_a_failed_build_leaves_nothing(tmp_path, section, body, what):
             assert "before-failure" in caught.value.detail
     assert _leftovers(tmp_path) == []
     assert host_mounts() == mounts_before
+
+
+def test_pre_runs_on_the_host_before_the_bootstrap(tmp_path):
+    mark = tmp_path / "pre-ran"
+    definition = Definition.parse(
+        f"Bootstrap: busybox\n%pre\n    echo \"$APPTAINER_ROOTFS\" > {mark}\n"
+        f"%setup\n    test -s {mark} && touch \"$APPTAINER_ROOTFS/after-pre\"\n")
+    target = tmp_path / "pre"
+    Image.build(definition, target, sandbox=True)
+    try:
+        assert mark.read_text() == "\n"  # no root filesystem yet
+        assert (target / "after-pre").exists()
+    finally:
+        remove_build_tree(target)
 
 
 def test_notest_skips_the_test_section(tmp_path):
