@@ -32,6 +32,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -333,16 +334,32 @@ def _interpreter(script: Script) -> list[str]:
     return ["/bin/sh"]
 
 
+# mksquashfs's progress bar: "[====  /  ] 1200/4755  25%", redrawn after a carriage return.
+_PROGRESS_BAR = re.compile(r"\[.*\]\s+(\d+)/(\d+)\s+(\d+)%\s*$")
+
+
 def _stream(argv: list[str], env: Mapping[str, str] | None, what: str,
             report: ProgressCallback, cwd: str | None = None) -> None:
+    """Run ``argv``, reporting each line it prints (a progress bar's updates as fractions)."""
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                env=None if env is None else {**os.environ, **env}, cwd=cwd,
-                               text=True, errors="replace")
+                               text=True, errors="replace")  # universal newlines: \r ends lines
     assert process.stdout is not None
     tail: list[str] = []
-    for line in process.stdout:
-        report(BuildProgress(what, output=line.rstrip("\n")))
-        tail = [*tail[-19:], line.rstrip("\n")]
+    shown = -1
+    for raw in process.stdout:
+        line = raw.rstrip("\n")
+        bar = _PROGRESS_BAR.search(line)
+        if bar:
+            percent = int(bar.group(3))
+            if percent != shown:
+                shown = percent
+                report(BuildProgress(what, fraction=min(percent, 100) / 100))
+            continue
+        if not line.strip():
+            continue
+        report(BuildProgress(what, output=line))
+        tail = [*tail[-19:], line]
     if process.wait() != 0:
         raise InstanceError(f"{what} failed with exit status {process.returncode}",
                             detail="\n".join(tail))
@@ -493,7 +510,7 @@ def _write_sif(root: Path, target: Path, definition: Definition | None, workdir:
         raise Unsupported("building a SIF needs mksquashfs (Debian package squashfs-tools)")
     squashfs = workdir / "root.squashfs"
     report(BuildProgress("mksquashfs", 0.0))
-    argv = [tool, str(root), str(squashfs), "-noappend", "-quiet", "-no-progress"]
+    argv = [tool, str(root), str(squashfs), "-noappend", "-quiet"]  # -quiet keeps the bar
     fakeroot = _fakeroot_plan()
     if fakeroot is not None:
         # Root of the build's user namespace reads every file %post made (some
@@ -521,7 +538,7 @@ def _write_sif(root: Path, target: Path, definition: Definition | None, workdir:
     objects.append(sif.SIFObject(data_type=sif.DATA_PARTITION, data=squashfs,
                                  fs_type=sif.FS_SQUASHFS, part_type=sif.PART_PRIMARY_SYSTEM,
                                  arch=sif.host_arch(), alignment=4096))
-    report(BuildProgress("write the SIF", 0.9))
+    report(BuildProgress("write the SIF"))
     if target.is_dir() and not target.is_symlink():
         if not force:
             raise ImageError("the build target exists", path=str(target))

@@ -26,7 +26,6 @@ import pytest
 from instancelib import Image, Instance, InstanceRegistry
 from instancelib.image import sif
 from instancelib.image.busybox import make_busybox_rootfs
-from tests.helpers import wait_for
 
 DEFFILE = b"""Bootstrap: docker
 From: busybox:latest

@@ -106,6 +106,8 @@ def test_build_a_sif_from_a_definition_file(web_def, tmp_path, start):
     assert steps[0] == "bootstrap (busybox)"
     for step in ("%setup", "%post", "%test", "mksquashfs", "write the SIF", "done"):
         assert step in steps
+    fractions = [e.fraction for e in events if e.step == "mksquashfs" and e.fraction is not None]
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)  # mksquashfs's own bar
     outputs = [(e.step, e.output) for e in events if e.output is not None]
     assert ("%post", "post says hi") in outputs
     assert ("%test", "test passed") in outputs

@@ -129,7 +129,8 @@ def test_cli_build_and_inspect(deffile, tmp_path):
     assert _cli("inspect", "-t", str(target)).stdout == "#!/bin/sh\n\n    true\n"
     assert _cli("inspect", "-H", str(target)).stdout == "    Serves nothing & prints <things>.\n"
     env = _cli("inspect", "-e", str(target)).stdout
-    assert "=== /.singularity.d/env/90-environment.sh ===\n#!/bin/sh\n    export COLOUR=blue\n\n" in env
+    assert ("=== /.singularity.d/env/90-environment.sh ===\n"
+            "#!/bin/sh\n    export COLOUR=blue\n\n") in env
 
     as_json = _cli("inspect", "--json", "-l", "-H", str(target))
     document = json.loads(as_json.stdout)
