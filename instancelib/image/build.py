@@ -28,6 +28,7 @@ partial target and no mounts behind.
 from __future__ import annotations
 
 import datetime
+import errno
 import glob
 import json
 import logging
@@ -45,7 +46,13 @@ from typing import Any
 
 import attrs
 
-from instancelib.errors import DefinitionError, ImageError, InstanceError, Unsupported
+from instancelib.errors import (
+    DefinitionError,
+    ImageError,
+    InstanceError,
+    PermissionDenied,
+    Unsupported,
+)
 from instancelib.image import cache, oci, sif
 from instancelib.image.busybox import find_static_busybox, make_busybox_rootfs
 from instancelib.image.deffile import Definition, Script
@@ -114,8 +121,13 @@ def build(
     if (target_path.exists() or target_path.is_symlink()) and not force:
         raise ImageError("the build target exists (use force=True to replace it)",
                          path=str(target_path))
-    target_path.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=".instancelib-build-", dir=target_path.parent))
+    try:
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=".instancelib-build-", dir=target_path.parent))
+    except OSError as err:
+        error = PermissionDenied if err.errno in (errno.EACCES, errno.EPERM) else ImageError
+        raise error("cannot write in the build target's directory",
+                    path=str(target_path.parent), errno=err.errno) from err
     try:
         roots: dict[str, Path] = {}
         final: Path | None = None
@@ -139,6 +151,11 @@ def build(
             _write_sif(final, target_path, final_definition, workdir, force=force, report=report)
         report(BuildProgress("done", 1.0))
         return Image(target_path)
+    except InstanceError:
+        raise
+    except OSError as err:
+        raise ImageError(f"the build failed: {err.strerror or err}", path=err.filename,
+                         errno=err.errno) from err
     finally:
         remove_build_tree(workdir)
 
@@ -259,7 +276,7 @@ def _convert(image: Image, root: Path, report: ProgressCallback) -> None:
     report(BuildProgress(f"unpack {image.kind} {image.path}"))
     if image.kind == "sandbox":
         root.mkdir()
-        subprocess.run(["cp", "-a", "--reflink=auto", f"{image.path}/.", str(root)], check=True)
+        _copy(f"{image.path}/.", str(root))
     elif image.kind in ("sif", "squashfs"):
         root.mkdir()
         details = image._details
@@ -320,8 +337,16 @@ def _copy_files(args: str, copies: Sequence[Any], root: Path, roots: Mapping[str
                 canonical = os.path.join(canonical, os.path.basename(match))
             parent = (root / canonical.lstrip("/")).parent
             parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["cp", "-a", "--reflink=auto", match,
-                            str(root / canonical.lstrip("/"))], check=True)
+            _copy(match, str(root / canonical.lstrip("/")))
+
+
+def _copy(source: str, destination: str) -> None:
+    """``cp -a`` (owners, modes, times, links and special files kept)."""
+    result = subprocess.run(["cp", "-a", "--reflink=auto", "--", source, destination],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageError(f"cannot copy {source} to {destination}: "
+                         f"{result.stderr.strip()[-500:] or 'cp failed'}")
 
 
 # -- running scripts ---------------------------------------------------------------------------

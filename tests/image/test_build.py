@@ -23,6 +23,7 @@ from instancelib import (
     ImageError,
     Instance,
     InstanceError,
+    PermissionDenied,
     Unsupported,
 )
 from instancelib.image import sif
@@ -265,6 +266,18 @@ def test_agents_this_machine_cannot_serve_are_unsupported(tmp_path, agent, missi
     with pytest.raises(Unsupported, match=missing):
         Image.build(definition, tmp_path / "x.sif")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_target_directory(tmp_path):
+    definition = Definition.parse("Bootstrap: busybox\n")
+    with pytest.raises(ImageError, match="build target's directory"):
+        Image.build(definition, "/proc/instancelib-test.sif")  # no new entries, even for root
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if not has_host_root():  # root may write anywhere
+        with pytest.raises(PermissionDenied, match="build target's directory"):
+            Image.build(definition, locked / "x.sif")
+    assert list(locked.iterdir()) == []
 
 
 def test_a_missing_files_source_is_an_error(tmp_path):
