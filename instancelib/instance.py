@@ -19,6 +19,11 @@ from typing import IO, Any, NoReturn
 
 from instancelib import launchplan
 from instancelib.binds import Bind, parse_binds
+from instancelib.cgroups import tree as cgroup_tree
+from instancelib.cgroups.limits import Limits
+from instancelib.cgroups.stats import Sample, Stats
+from instancelib.cgroups.stats import sample as read_sample
+from instancelib.cgroups.tree import CgroupInfo
 from instancelib.environment import check_env
 from instancelib.errors import (
     ExecError,
@@ -88,6 +93,7 @@ class Instance(metaclass=_NoPublicConstructor):
     registry: InstanceRegistry
     _record: InstanceRecord
     _env: dict[str, str] | None
+    _last_sample: Sample | None
 
     @classmethod
     def _from_record(cls, record: InstanceRecord, registry: InstanceRegistry) -> Instance:
@@ -98,6 +104,7 @@ class Instance(metaclass=_NoPublicConstructor):
         instance.image = Image._from_record(record.image, record.image_kind)
         instance.registry = registry
         instance._env = None
+        instance._last_sample = None
         return instance
 
     # -- start ------------------------------------------------------------------------------
@@ -121,6 +128,7 @@ class Instance(metaclass=_NoPublicConstructor):
         ready: ReadySpec | None = None,
         timeout: float = 30.0,
         fakeroot: bool = False,
+        limits: Limits | None = None,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -150,6 +158,10 @@ class Instance(metaclass=_NoPublicConstructor):
             fakeroot: for an ordinary user, be root inside (with the user's
                 /etc/subuid range mapped too when there is one); root is
                 already root.
+            limits: resource limits (``Limits``), enforced through the
+                instance's cgroup.  Root's instances always get a cgroup (for
+                ``stats``, ``pause`` and a complete ``stop``); an ordinary
+                user's get one inside a cgroup v2 subtree delegated to them.
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
@@ -157,7 +169,8 @@ class Instance(metaclass=_NoPublicConstructor):
             NameConflict: an instance of that name is running or starting.
             PermissionDenied: ``registry`` is another user's.
             Unsupported: the kernel or the administrator forbids what is needed
-                (unprivileged user namespaces; the message names the setting).
+                (unprivileged user namespaces; the message names the setting),
+                or no cgroup hierarchy here can enforce one of ``limits``.
             StartError: set-up or exec failed (``StartTimeout`` if out of time);
                 nothing of the instance is left behind.
         """
@@ -183,18 +196,30 @@ class Instance(metaclass=_NoPublicConstructor):
         assert me is not None
         claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
                                owner_starttime=me.starttime, uid=os.geteuid())
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidArgument(f"limits must be a Limits object (got {limits!r})")
         registry.claim(claim)
         written = [claim]
         with contextlib.ExitStack() as on_failure:
             on_failure.callback(lambda: registry.remove(written[-1]))
+            try:
+                cgroup = cgroup_tree.create(name, limits)
+            except InvalidArgument as err:
+                err.name = name
+                raise
+            if cgroup is not None:
+                # Registered before PID 1 exists: it runs after PID 1 is gone (abort).
+                on_failure.callback(cgroup_tree.remove, cgroup)
             out_path, err_path = registry.log_paths(name)
             out_fd = _open_log(out_path, name)
             on_failure.callback(os.close, out_fd)
             err_fd = _open_log(err_path, name)
             on_failure.callback(os.close, err_fd)
             err_offset = os.fstat(err_fd).st_size
+            wire_plan = plan.to_wire()
+            wire_plan["cgroup_procs"] = cgroup.procs_files() if cgroup is not None else []
             try:
-                launch = _Launch.begin(plan.to_wire(), out_fd, err_fd)
+                launch = _Launch.begin(wire_plan, out_fd, err_fd)
             except (StartError, Unsupported) as err:
                 err.name = name
                 raise
@@ -217,9 +242,10 @@ class Instance(metaclass=_NoPublicConstructor):
                 options={"run": bool(run), "args": list(plan.args),
                          "writable_tmpfs": bool(writable_tmpfs), "contain": bool(contain),
                          "hostname": hostname, "binds": [str(b) for b in bind_list],
-                         "fakeroot": bool(fakeroot)},
+                         "fakeroot": bool(fakeroot),
+                         "limits": limits.to_dict() if limits else {}},
                 namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
-                loop=launch.loop,
+                loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             )
             registry.publish(record, launch.env)
             written.append(record)
@@ -265,6 +291,115 @@ class Instance(metaclass=_NoPublicConstructor):
     def options(self) -> dict[str, Any]:
         """The start options (run, args, writable_tmpfs, contain, hostname, binds)."""
         return dict(self._record.options)
+
+    @property
+    def cgroup(self) -> CgroupInfo | None:
+        """The instance's cgroup: where it is, which hierarchy serves each controller.
+
+        None when it has none (an ordinary user without a delegated cgroup v2
+        subtree), or when the instance is not running.
+        """
+        recorded = CgroupInfo.from_dict(self._record.cgroup)
+        if recorded is None or not self.is_running():
+            return None
+        return cgroup_tree.live_info(self.pid, recorded)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits the instance was started with (empty ``Limits()`` for none)."""
+        return Limits(**self._record.options.get("limits", {}))
+
+    def stats(self, *, stream: bool = False,
+              interval: float = 1.0) -> Stats | Iterator[Stats]:
+        """The instance's resource use now, read at once (see ``Stats``).
+
+        With ``stream=True``, an iterator that yields a reading every
+        ``interval`` seconds until the instance ends.
+
+        Raises:
+            NotFound: the instance is not running.
+        """
+        if stream:
+            _positive(interval, "interval")
+            return self._stream_stats(interval)
+        return self._stats_now()
+
+    def _stats_now(self) -> Stats:
+        self._check_owner()
+        cgroup = self.cgroup
+        if not self.is_running():
+            raise NotFound("the instance is not running", name=self.name)
+        started = int(self._record.started_at * 1e9)
+        try:
+            stats, self._last_sample = read_sample(self.name, self.pid, cgroup,
+                                                   self._last_sample, started)
+        except OSError as err:
+            if not self.is_running():
+                raise NotFound("the instance is not running", name=self.name) from err
+            raise
+        return stats
+
+    def _stream_stats(self, interval: float) -> Iterator[Stats]:
+        while True:
+            try:
+                yield self._stats_now()
+            except NotFound:
+                return
+            if self._wait_exit(interval):
+                return
+
+    def _wait_exit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for PID 1 to exit; True if it has."""
+        try:
+            pidfd = self._pidfd()
+        except NotFound:
+            return True
+        try:
+            return procfs.wait_pidfd(pidfd, timeout)
+        finally:
+            os.close(pidfd)
+
+    def pause(self) -> None:
+        """Freeze every process of the instance (its cgroup's freezer).
+
+        Raises:
+            NotFound: the instance is not running.
+            Unsupported: the instance has no cgroup with a freezer.
+        """
+        self._freeze(True)
+
+    def resume(self) -> None:
+        """Thaw a paused instance."""
+        self._freeze(False)
+
+    def _freeze(self, frozen: bool) -> None:
+        self._check_owner()
+        cgroup = self.cgroup
+        if not self.is_running():
+            raise NotFound("the instance is not running", name=self.name)
+        if cgroup is None:
+            raise Unsupported("pausing needs the instance to have a cgroup (root's instances "
+                              "have one; an ordinary user's need a delegated cgroup v2 "
+                              "subtree)", name=self.name)
+        try:
+            cgroup_tree.freeze(cgroup, frozen)
+        except TimeoutError as err:
+            raise Timeout(str(err), name=self.name) from err
+        except OSError as err:
+            raise PermissionDenied("cannot freeze the instance's cgroup", name=self.name,
+                                   errno=err.errno) from err
+
+    @property
+    def paused(self) -> bool:
+        """Whether the instance is frozen (``pause()``)."""
+        cgroup = self.cgroup
+        if cgroup is None:
+            return False
+        if cgroup.v2 is not None:
+            return "frozen 1" in Path(cgroup.v2, "cgroup.events").read_text()
+        freezer = cgroup.v1.get("freezer")
+        return freezer is not None and Path(freezer, "freezer.state").read_text().strip() \
+            == "FROZEN"
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
@@ -326,12 +461,14 @@ class Instance(metaclass=_NoPublicConstructor):
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
+        cgroup = self.cgroup
         with _Stdio(stdin, stdout, stderr, text) as stdio:
             status, theirs = wire.socketpair()
             try:
                 reply, _ = client.get_forkserver().request(
                     {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
                      "uid": self._record.uid, "namespaces": self._record.namespaces,
+                     "cgroup_procs": cgroup.procs_files() if cgroup is not None else [],
                      "cwd": cwd or self._record.cwd,
                      "argv": command, "env": environment, "tty": bool(tty)},
                     [theirs.fileno(), *stdio.child_fds],
@@ -494,6 +631,8 @@ class Instance(metaclass=_NoPublicConstructor):
                            pid=self.pid) from None
 
     def _forget(self) -> None:
+        """Drop the record of an instance that has ended, and its cgroup."""
+        _remove_cgroup(self)
         self.registry.remove(self._record)
 
     # -- logs -------------------------------------------------------------------------------
@@ -525,14 +664,23 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
     sig = signals.SIGKILL if force else _check_signal(signal)
     _positive(timeout, "timeout", allow_zero=True)
     pidfds: list[tuple[Instance, int]] = []
+    cgroups: dict[str, CgroupInfo] = {}
     try:
         for instance in instances:
             try:
                 pidfd = instance._pidfd()
             except NotFound:
+                _remove_cgroup(instance)
                 instance._forget()
                 continue
             pidfds.append((instance, pidfd))
+            cgroup = instance.cgroup
+            if cgroup is not None:
+                cgroups[instance.name] = cgroup
+                if sig != signals.SIGKILL:
+                    # A paused instance cannot act on a signal: thaw it first.
+                    with contextlib.suppress(OSError, TimeoutError, Unsupported):
+                        cgroup_tree.freeze(cgroup, False, timeout=1.0)
             log.debug("stopping instance %r (pid %d)", instance.name, instance.pid)
             try:
                 syscalls.pidfd_send_signal(pidfd, sig)
@@ -547,6 +695,10 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
                 continue
             log.warning("instance %r still running %g s after signal %d: killing it",
                         instance.name, timeout, sig)
+            if instance.name in cgroups:
+                # Every process of its cgroup, whatever namespace or group it is in.
+                with contextlib.suppress(OSError):
+                    cgroup_tree.kill(cgroups[instance.name])
             with contextlib.suppress(ProcessLookupError):
                 syscalls.pidfd_send_signal(pidfd, signals.SIGKILL)
             if not procfs.wait_pidfd(pidfd, _KILL_GRACE):
@@ -556,8 +708,23 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
         for _, pidfd in pidfds:
             os.close(pidfd)
     for stopped, _ in pidfds:
+        cgroup = cgroups.get(stopped.name)
+        if cgroup is not None:
+            # PID 1 is gone; anything of the instance still in its cgroup goes too.
+            if cgroup_tree.populated(cgroup):
+                with contextlib.suppress(OSError):
+                    cgroup_tree.kill(cgroup)
+            cgroup_tree.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
+
+
+def _remove_cgroup(instance: Instance) -> None:
+    """Remove the cgroup of an instance found dead (its PID 1 ended without a stop)."""
+    recorded = CgroupInfo.from_dict(instance._record.cgroup)
+    if recorded is not None and (has_host_root() or instance._record.uid == os.geteuid()):
+        # Only removed, never killed: a record is no proof of what the cgroup holds.
+        cgroup_tree.remove(recorded, wait=0.5)
 
 
 def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:

@@ -111,7 +111,7 @@ class InstanceRecord:
     options: dict[str, Any] = attrs.field(factory=dict)
     namespaces: int = 0
     loop: str | None = None
-    cgroup: str | None = None
+    cgroup: dict[str, Any] | None = None
     netns: str | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -180,10 +180,17 @@ class InstanceRecord:
                 service_pid=_int(data["servicePid"]),
                 service_starttime=_int(data["serviceStarttime"]),
                 options=dict(data["options"]), namespaces=_int(data["namespaces"]),
-                loop=data["loop"], cgroup=data["cgroup"], netns=data["netns"],
+                loop=data["loop"], cgroup=_optional_dict(data["cgroup"]),
+                netns=data["netns"],
             )
         except (KeyError, TypeError, InvalidName) as err:
             raise ValueError(f"malformed record: {err}") from err
+
+
+def _optional_dict(value: object) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"expected an object or null, got {value!r}")
+    return value
 
 
 def _int(value: object) -> int:
@@ -383,6 +390,14 @@ class InstanceRegistry:
         if record.is_alive(self.owner_uid):
             return record
         self._prune(name, record)
+        if record.cgroup is not None and record.state == "running" and (
+                record.uid == os.geteuid() or has_host_root()):
+            # Its PID 1 ended without a stop (killed from outside): its cgroup goes too.
+            from instancelib.cgroups import tree  # noqa: PLC0415 (rarely needed)
+
+            info = tree.CgroupInfo.from_dict(record.cgroup)
+            if info is not None:
+                tree.remove(info, wait=0.5)
         return None
 
     # -- directories ------------------------------------------------------------------------

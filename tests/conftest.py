@@ -19,7 +19,7 @@ import pytest
 from instancelib import Image, Instance, InstanceRegistry
 from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux import client
-from tests.helpers import host_mounts, instance_processes, loop_devices
+from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups
 
 ImageFactory = Callable[..., Image]
 
@@ -29,6 +29,7 @@ def nothing_left_behind() -> Iterator[None]:
     processes_before = instance_processes()
     mounts_before = host_mounts()
     loops_before = loop_devices()
+    cgroups_before = our_cgroups()
     yield
     client._shutdown()
     deadline = time.monotonic() + 5
@@ -39,6 +40,24 @@ def nothing_left_behind() -> Iterator[None]:
     assert not leftover, f"instance processes left running: {sorted(leftover)}"
     assert host_mounts() == mounts_before, "the host's mount table changed"
     assert loop_devices() - loops_before == set(), "loop devices left attached"
+    assert our_cgroups() - cgroups_before == set(), "cgroups left behind"
+
+
+@pytest.fixture(autouse=True)
+def no_cgroup_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test removes the cgroups its instances had (checked once its fixtures are gone)."""
+    before = our_cgroups()
+    yield  # autouse: set up first, so torn down after the test's other fixtures
+    _check_cgroups(before, request.node.nodeid)
+
+
+def _check_cgroups(before: set[str], test: str) -> None:
+    deadline = time.monotonic() + 3
+    left = our_cgroups() - before
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = our_cgroups() - before
+    assert not left, f"{test} left cgroups behind: {sorted(left)}"
 
 
 @pytest.fixture

@@ -48,6 +48,22 @@ def loop_devices() -> set[tuple[str, str]]:
     return found
 
 
+def our_cgroups() -> set[str]:
+    """instancelib's cgroups (the directories under its trees, in every hierarchy)."""
+    found = set()
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{d}" for d in os.listdir("/sys/fs/cgroup")
+                                    if os.path.isdir(f"/sys/fs/cgroup/{d}"))):
+        for base in (os.path.join(top, "instancelib"),
+                     os.path.join(top, "machine.slice", "instancelib")):
+            try:
+                entries = os.scandir(base)
+            except OSError:
+                continue
+            with entries:
+                found.update(entry.path for entry in entries if entry.is_dir())
+    return found
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

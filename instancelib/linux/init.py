@@ -37,7 +37,7 @@ from typing import Any
 
 from instancelib.linux import container, envscripts, procfs, syscalls, wire
 
-__all__ = ["run_init", "run_spare"]
+__all__ = ["join_cgroups", "run_init", "run_spare"]
 
 STARTSCRIPT = "/.singularity.d/startscript"
 RUNSCRIPT = "/.singularity.d/runscript"
@@ -72,6 +72,9 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
     try:
         _name_process(plan["name"], plan["user"])
         try:
+            # First of all, into the instance's cgroup: everything after (the
+            # mounts' helpers, the service) is born inside it and its limits.
+            join_cgroups(plan.get("cgroup_procs") or ())
             try:
                 syscalls.unshare(syscalls.CLONE_NEWNS)
             except OSError as err:
@@ -107,6 +110,20 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                         "errno": getattr(err, "errno", None), "path": None})
         os._exit(1)
     _supervise(wakeup, channel, service, set(report["helpers"]))
+
+
+def join_cgroups(procs_files: Any) -> None:
+    """Move the calling process into cgroups (each a ``cgroup.procs`` file)."""
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise container.SetupError("join the instance's cgroup", err.strerror or str(err),
+                                       errno=err.errno, path=path) from err
 
 
 def _prepare_process() -> int:

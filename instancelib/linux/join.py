@@ -58,6 +58,16 @@ def _fail(fd: int, err: OSError, message: str) -> None:
     os._exit(1)
 
 
+def _join_cgroups(procs_files: Any) -> None:
+    """Move this process (and so the command) into the instance's cgroups."""
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
 def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
     """Join the instance, spawn the command, report its fate; never returns."""
     try:
@@ -65,6 +75,10 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
                                            uid=request["uid"], init=True)
     except OSError as err:
         _fail(status_fd, err, "the instance is not running")
+    try:
+        _join_cgroups(request.get("cgroup_procs") or ())
+    except OSError as err:
+        _fail(status_fd, err, f"cannot join the instance's cgroup: {err.strerror}")
     try:
         join_namespaces(pidfd, request["pid"], request["namespaces"])
     except OSError as err:

@@ -1,0 +1,511 @@
+"""An instance's cgroup: where it goes, which hierarchy serves each controller, its life.
+
+Hosts differ:
+
+- pure cgroup v2 (most hosts today): one hierarchy; controllers are enabled
+  in ``cgroup.subtree_control`` on the way down to our tree;
+- hybrid (v1 controllers, plus a cgroup2 mount without controllers, as on
+  this project's build machines): v1 serves the resource controllers, the
+  v2 mount still gives ``cgroup.freeze`` and ``cgroup.kill``;
+- pure v1: v1 for everything, the freezer for pausing and killing.
+
+So the choice is made per controller (``CgroupInfo.controllers``).  Root's
+instances live under ``/instancelib`` (``/machine.slice/instancelib`` where
+systemd manages the host) in every hierarchy; an ordinary user's only in a
+cgroup v2 subtree delegated to them (systemd's user manager); without one an
+ordinary user gets no cgroup.  A limit that no hierarchy can enforce raises
+``Unsupported`` before anything starts.
+
+The instance's PID 1 joins its cgroups itself, before it does anything else
+(``procs_files``), so no process of the instance ever runs outside them;
+commands run by ``exec`` join them before they start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from instancelib.cgroups import v1
+from instancelib.cgroups.limits import Limits
+from instancelib.errors import InvalidArgument, PermissionDenied, Unsupported
+from instancelib.linux.userns import has_host_root
+
+__all__ = ["CgroupInfo", "Hierarchies", "create", "detect", "live_info", "remove"]
+
+log = logging.getLogger("instancelib")
+
+TREE = "instancelib"
+# Resource controllers (cgroup v2 names) and their v1 counterparts.
+V1_NAMES = {"memory": ("memory",), "cpu": ("cpu", "cpuacct"), "cpuset": ("cpuset",),
+            "io": ("blkio",), "pids": ("pids",)}
+# What an instance always gets where available: enough for stats, pause and kill.
+STATS_CONTROLLERS = ("memory", "cpu", "io", "pids")
+_REMOVE_WAIT = 2.0
+
+
+@attrs.frozen
+class Hierarchies:
+    """The cgroup hierarchies mounted on this host."""
+
+    v2_mount: str | None
+    v1_mounts: dict[str, str]  # controller → mount point
+
+    def v1_controller_dir(self, controller: str) -> str | None:
+        return self.v1_mounts.get(controller)
+
+
+_detected: list[Hierarchies] = []
+
+
+def detect(mountinfo: str = "/proc/self/mountinfo") -> Hierarchies:
+    """The cgroup mounts (cached per process: mounts of cgroup hierarchies do not move)."""
+    if _detected and mountinfo == "/proc/self/mountinfo":
+        return _detected[0]
+    v2_mount = None
+    v1: dict[str, str] = {}
+    with open(mountinfo) as f:
+        for line in f:
+            before, _, after = line.partition(" - ")
+            fields = before.split()
+            fstype, _source, options = [*after.split(), "", "", ""][:3]
+            if len(fields) < 5 or fields[3] != "/":
+                continue  # a bind of a sub-tree (a container's view), not the hierarchy root
+            point = fields[4].replace("\\040", " ")
+            if fstype == "cgroup2" and v2_mount is None:
+                v2_mount = point
+            elif fstype == "cgroup":
+                for option in options.split(","):
+                    if option in ("cpu", "cpuacct", "cpuset", "memory", "blkio", "pids",
+                                  "freezer", "devices"):
+                        v1.setdefault(option, point)
+    found = Hierarchies(v2_mount=v2_mount, v1_mounts=v1)
+    if mountinfo == "/proc/self/mountinfo":
+        _detected[:] = [found]
+    return found
+
+
+@attrs.frozen
+class CgroupInfo:
+    """The cgroup(s) an instance runs in (``Instance.cgroup``).
+
+    Attributes:
+        name: the instance's cgroup, relative to each hierarchy's root
+            (``/instancelib/web.0.1f3a9c``).
+        v2: its directory in the cgroup v2 hierarchy, if it has one
+            (``cgroup.freeze``, ``cgroup.kill``, and the controllers served by v2).
+        v1: its directories in cgroup v1 hierarchies, by v1 controller.
+        controllers: which version serves each resource controller
+            (``{"memory": "v1", "cpu": "v1", ...}``).
+    """
+
+    name: str
+    v2: str | None = None
+    v1: dict[str, str] = attrs.field(factory=dict)
+    controllers: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def version(self) -> str:
+        """``"v2"``, ``"v1"``, or ``"hybrid"`` (v1 controllers with the v2 freeze/kill)."""
+        versions = set(self.controllers.values())
+        if self.v1 and self.v2:
+            return "hybrid"
+        if self.v2 or versions == {"v2"}:
+            return "v2"
+        return "v1"
+
+    def directory(self, controller: str) -> str | None:
+        """The directory serving a resource controller (v2 name), or None."""
+        version = self.controllers.get(controller)
+        if version == "v2":
+            return self.v2
+        if version == "v1":
+            for name in V1_NAMES[controller]:
+                if name in self.v1:
+                    return self.v1[name]
+        return None
+
+    def procs_files(self) -> list[str]:
+        """The ``cgroup.procs`` files a process writes to join every part of the cgroup."""
+        files = [os.path.join(self.v2, "cgroup.procs")] if self.v2 else []
+        files.extend(os.path.join(path, "cgroup.procs") for path in self.v1.values())
+        return files
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "v2": self.v2, "v1": dict(self.v1),
+                "controllers": dict(self.controllers)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CgroupInfo | None:
+        """From a registry record; None when it is not ours (every path must be in our tree)."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            info = cls(name=str(data["name"]), v2=data.get("v2"),
+                       v1={str(k): str(v) for k, v in dict(data.get("v1") or {}).items()},
+                       controllers={str(k): str(v)
+                                    for k, v in dict(data.get("controllers") or {}).items()})
+        except (KeyError, TypeError, ValueError):
+            return None
+        paths = ([info.v2] if info.v2 else []) + list(info.v1.values())
+        if not all(isinstance(p, str) and _in_our_tree(p) for p in paths):
+            return None
+        return info
+
+
+def _in_our_tree(path: str) -> bool:
+    parts = Path(path).parts
+    return (path.startswith("/sys/fs/cgroup/") and TREE in parts[:-1]
+            and ".." not in parts and os.path.normpath(path) == path)
+
+
+# -- where the tree goes ------------------------------------------------------------------------
+
+
+def _systemd_host() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def _v2_base(hierarchies: Hierarchies) -> str | None:
+    """Our tree's directory in the v2 hierarchy (``None``: we may not make one)."""
+    mount = hierarchies.v2_mount
+    if mount is None:
+        return None
+    if has_host_root():
+        parent = "machine.slice" if _systemd_host() else ""
+        return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
+    delegated = _delegated_root(mount)
+    return os.path.join(delegated, TREE) if delegated else None
+
+
+def _delegated_root(mount: str) -> str | None:
+    """The top of the v2 subtree delegated to this user (owned by them), if any."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+    except OSError:
+        return None
+    if not own:
+        return None
+    uid = os.geteuid()
+    current = os.path.normpath(mount + own)
+    top = None
+    while current.startswith(mount) and current != mount:
+        try:
+            info = os.stat(current)
+        except OSError:
+            break
+        if info.st_uid != uid or not os.access(os.path.join(current, "cgroup.procs"), os.W_OK):
+            break
+        top = current
+        current = os.path.dirname(current)
+    return top
+
+
+def _v1_base(hierarchies: Hierarchies, controller: str) -> str | None:
+    mount = hierarchies.v1_mounts.get(controller)
+    if mount is None or not has_host_root():
+        return None
+    parent = "machine.slice" if _systemd_host() else ""
+    return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _v2_available(base: str) -> set[str]:
+    """Controllers the v2 tree can give its children (after enabling them on the way down)."""
+    try:
+        return set(_read(os.path.join(os.path.dirname(base), "cgroup.controllers")).split())
+    except OSError:
+        return set()
+
+
+def _enable_v2(base: str, wanted: Iterable[str], mount: str) -> set[str]:
+    """Make ``base`` (and its parents up to the mount) pass ``wanted`` controllers down."""
+    os.makedirs(base, exist_ok=True)
+    chain = []
+    current = base
+    while current != mount and current.startswith(mount):
+        chain.append(current)
+        current = os.path.dirname(current)
+    chain.append(mount)
+    enabled: set[str] = set(wanted)
+    for directory in reversed(chain):
+        try:
+            available = set(_read(os.path.join(directory, "cgroup.controllers")).split())
+            active = set(_read(os.path.join(directory, "cgroup.subtree_control")).split())
+        except OSError:
+            return set()
+        enabled &= available
+        missing = enabled - active
+        if missing:
+            try:
+                _write(os.path.join(directory, "cgroup.subtree_control"),
+                       " ".join(f"+{c}" for c in sorted(missing)))
+            except OSError as err:
+                log.debug("cannot enable %s in %s: %s", missing, directory, err.strerror)
+                enabled -= missing
+    return enabled
+
+
+# -- making an instance's cgroup ---------------------------------------------------------------
+
+
+def create(name: str, limits: Limits | None) -> CgroupInfo | None:
+    """Make the cgroup for a new instance and apply ``limits`` to it.
+
+    Returns None when this caller can have no cgroup here (an ordinary user
+    without a delegated subtree) and no limits were asked for.
+
+    Raises:
+        Unsupported: a limit no hierarchy here can enforce (nothing is left behind).
+        InvalidArgument: the kernel refused a limit's value (nothing is left behind).
+    """
+    limits = limits or Limits()
+    hierarchies = detect()
+    leaf = f"{name}.{os.geteuid()}.{secrets.token_hex(3)}"
+    v2_base = _v2_base(hierarchies)
+    needed = limits.controllers()
+    wanted = set(STATS_CONTROLLERS) | needed
+    v2_controllers: set[str] = set()
+    if v2_base is not None:
+        try:
+            v2_controllers = _enable_v2(v2_base, wanted, hierarchies.v2_mount or "")
+        except OSError as err:
+            log.debug("no cgroup v2 tree at %s: %s", v2_base, err.strerror)
+            v2_base = None
+    choice: dict[str, str] = {}
+    for controller in sorted(wanted):
+        if controller in v2_controllers:
+            choice[controller] = "v2"
+        elif controller in V1_NAMES and _v1_base(hierarchies, V1_NAMES[controller][0]):
+            choice[controller] = "v1"
+    unified_only = {key.partition(".")[0] for key in limits.unified}
+    missing = sorted(c for c in needed if c not in choice or
+                     (c in unified_only and choice[c] != "v2"))
+    if missing:
+        raise Unsupported(_why_unsupported(missing, limits, hierarchies, v2_base))
+    if v2_base is None and not choice:
+        return None
+    info = CgroupInfo(
+        name="", v2=os.path.join(v2_base, leaf) if v2_base else None,
+        controllers=choice,
+    )
+    v1_dirs: dict[str, str] = {}
+    try:
+        if info.v2:
+            os.mkdir(info.v2)
+        for controller, version in choice.items():
+            if version != "v1":
+                continue
+            names = V1_NAMES[controller] if controller != "cpuset" or "cpuset" in needed else ()
+            for v1_name in names:
+                base = _v1_base(hierarchies, v1_name)
+                if base is None:
+                    continue
+                v1.prepare_base(v1_name, base)
+                directory = os.path.join(base, leaf)
+                os.mkdir(directory)
+                v1_dirs[v1_name] = directory
+        if info.v2 is None and hierarchies.v1_mounts.get("freezer") and has_host_root():
+            base = _v1_base(hierarchies, "freezer")
+            assert base is not None
+            v1.prepare_base("freezer", base)
+            v1_dirs["freezer"] = os.path.join(base, leaf)
+            os.mkdir(v1_dirs["freezer"])
+        info = attrs.evolve(info, v1=v1_dirs,
+                            name=_relative(info.v2 or next(iter(v1_dirs.values()), leaf),
+                                           hierarchies))
+        _apply(info, limits)
+    except BaseException:
+        remove(attrs.evolve(info, v1=v1_dirs), wait=0.5)
+        raise
+    return info
+
+
+def _relative(directory: str, hierarchies: Hierarchies) -> str:
+    for mount in [hierarchies.v2_mount, *hierarchies.v1_mounts.values()]:
+        if mount and directory.startswith(mount + "/"):
+            return directory[len(mount):]
+    return directory
+
+
+def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchies,
+                     v2_base: str | None) -> str:
+    if not has_host_root() and v2_base is None:
+        where = ("this user has no cgroup v2 subtree of their own (systemd's user manager "
+                 "delegates one); cgroup v1 is root's")
+    else:
+        offered = sorted(hierarchies.v1_mounts)
+        where = (f"no cgroup hierarchy here offers them (v2 at {hierarchies.v2_mount or 'none'}"
+                 f"{': ' + v2_base if v2_base else ''}; v1: {', '.join(offered) or 'none'})")
+    names = ", ".join(missing)
+    return f"cannot enforce the {names} limits: {where}; {limits.to_dict()}"
+
+
+def _apply(info: CgroupInfo, limits: Limits) -> None:
+    """Write the limits into the cgroup's files; a file the kernel lacks is Unsupported."""
+    if info.v2 is not None and any(v == "v2" for v in info.controllers.values()):
+        v2_dir = info.v2
+        for filename, value in limits.v2_files(
+                lambda f: os.path.exists(os.path.join(v2_dir, f))):
+            controller = filename.partition(".")[0]
+            if info.controllers.get(controller, "v2") != "v2" and controller in V1_NAMES:
+                continue
+            _set(os.path.join(v2_dir, filename), value, filename)
+    v1_settings = [s for s in limits.v1_settings() if info.controllers.get(
+        _v2_name(s[0])) == "v1"] if any(v == "v1" for v in info.controllers.values()) else []
+    for controller, filename, value in v1_settings:
+        directory = info.v1.get(controller)
+        if directory is None:
+            raise Unsupported(f"cannot set {filename}: no {controller} cgroup v1 hierarchy")
+        v1.set_value(controller, directory, filename, value)
+
+
+def _v2_name(v1_controller: str) -> str:
+    for name, v1_names in V1_NAMES.items():
+        if v1_controller in v1_names:
+            return name
+    return v1_controller
+
+
+def _set(path: str, value: str, filename: str) -> None:
+    if not os.path.exists(path):
+        raise Unsupported(f"cannot set {filename}: this kernel's cgroup has no such file")
+    try:
+        _write(path, value)
+    except OSError as err:
+        if err.errno in (errno.EINVAL, errno.ERANGE, errno.EOVERFLOW):
+            raise InvalidArgument(f"the kernel refused {filename} = {value!r} "
+                                  f"({err.strerror})") from err
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise PermissionDenied(f"cannot set {filename}", path=path,
+                                   errno=err.errno) from err
+        raise Unsupported(f"cannot set {filename} = {value!r}: {err.strerror}") from err
+
+
+# -- a running instance's cgroup -----------------------------------------------------------------
+
+
+def live_info(pid: int, recorded: CgroupInfo | None) -> CgroupInfo | None:
+    """The recorded cgroup, if process ``pid`` really is in it (else None).
+
+    A record could name any directory; the live process's own
+    ``/proc/PID/cgroup`` is the proof, checked before anything is frozen or killed.
+    """
+    if recorded is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    paths = {line.partition(":")[2].partition(":")[2] for line in lines}
+    if recorded.name not in paths:
+        return None
+    return recorded
+
+
+def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
+    """Freeze (or thaw) every process of the cgroup; returns once it is done."""
+    if info.v2 is not None:
+        _write(os.path.join(info.v2, "cgroup.freeze"), "1" if frozen else "0")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = _read(os.path.join(info.v2, "cgroup.events"))
+            if f"frozen {1 if frozen else 0}" in events:
+                return
+            time.sleep(0.001)
+        raise TimeoutError("the cgroup did not finish freezing")
+    directory = info.v1.get("freezer")
+    if directory is None:
+        raise Unsupported("pausing needs a freezer: cgroup v2, or the v1 freezer hierarchy")
+    v1.freeze(directory, frozen, timeout=timeout)
+
+
+def kill(info: CgroupInfo) -> None:
+    """SIGKILL every process in the cgroup (v2 ``cgroup.kill``; v1: freeze, kill, thaw)."""
+    if info.v2 is not None and os.path.exists(os.path.join(info.v2, "cgroup.kill")):
+        with contextlib.suppress(FileNotFoundError):
+            _write(os.path.join(info.v2, "cgroup.kill"), "1")
+        return
+    directory = info.v1.get("freezer") or next(iter(info.v1.values()), None)
+    if directory is None:
+        return
+    frozen = "freezer" in info.v1
+    with contextlib.suppress(OSError, TimeoutError):
+        if frozen:
+            v1.freeze(info.v1["freezer"], True, timeout=1.0)
+    try:
+        for pid in _procs(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        if frozen:
+            with contextlib.suppress(OSError, TimeoutError):
+                v1.freeze(info.v1["freezer"], False, timeout=1.0)
+
+
+def _procs(directory: str) -> list[int]:
+    try:
+        return [int(line) for line in _read(os.path.join(directory, "cgroup.procs")).split()]
+    except OSError:
+        return []
+
+
+def populated(info: CgroupInfo) -> bool:
+    """Whether any process is still in the cgroup."""
+    if info.v2 is not None:
+        try:
+            return "populated 1" in _read(os.path.join(info.v2, "cgroup.events"))
+        except OSError:
+            return False
+    return any(_procs(d) for d in info.v1.values())
+
+
+def remove(info: CgroupInfo, *, wait: float = _REMOVE_WAIT) -> bool:
+    """Remove the cgroup's directories (once its processes are gone); True if all went."""
+    directories = list(info.v1.values()) + ([info.v2] if info.v2 else [])
+    deadline = time.monotonic() + wait
+    remaining = [d for d in directories if d and _in_our_tree(d)]
+    while remaining:
+        left = []
+        for directory in remaining:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno != errno.EBUSY:
+                    log.warning("cannot remove cgroup %s: %s", directory, err.strerror)
+                    continue
+                left.append(directory)
+        remaining = left
+        if not remaining or time.monotonic() > deadline:
+            break
+        time.sleep(0.002)
+    if remaining:
+        log.warning("cgroups still busy, left in place: %s", ", ".join(remaining))
+        return False
+    return True
