@@ -202,14 +202,10 @@ class Instance(metaclass=_NoPublicConstructor):
         written = [claim]
         with contextlib.ExitStack() as on_failure:
             on_failure.callback(lambda: registry.remove(written[-1]))
-            try:
-                cgroup = cgroup_tree.create(name, limits)
-            except InvalidArgument as err:
-                err.name = name
-                raise
-            if cgroup is not None:
-                # Registered before PID 1 exists: it runs after PID 1 is gone (abort).
-                on_failure.callback(cgroup_tree.remove, cgroup)
+            cgroup_plan = cgroup_tree.plan(name, limits)
+            # Undone after PID 1 is gone (callbacks run last-registered first).
+            made: list[CgroupInfo] = []
+            on_failure.callback(lambda: [cgroup_tree.remove(i, wait=0.5) for i in made])
             out_path, err_path = registry.log_paths(name)
             out_fd = _open_log(out_path, name)
             on_failure.callback(os.close, out_fd)
@@ -217,13 +213,26 @@ class Instance(metaclass=_NoPublicConstructor):
             on_failure.callback(os.close, err_fd)
             err_offset = os.fstat(err_fd).st_size
             wire_plan = plan.to_wire()
-            wire_plan["cgroup_procs"] = cgroup.procs_files() if cgroup is not None else []
+            wire_plan["cgroup_bases"] = cgroup_plan.bases() if cgroup_plan else []
+            wire_plan["cgroup_wait"] = cgroup_plan is not None
             try:
                 launch = _Launch.begin(wire_plan, out_fd, err_fd)
             except (StartError, Unsupported) as err:
                 err.name = name
                 raise
             on_failure.callback(launch.abort)
+            cgroup: CgroupInfo | None = None
+            if cgroup_plan is not None:
+                made.append(cgroup_plan.info(launch.cgroup_leaf or cgroup_plan.leaf))
+                try:
+                    cgroup, to_join = cgroup_tree.adopt(cgroup_plan, launch.cgroup_leaf)
+                except (InvalidArgument, Unsupported, PermissionDenied) as err:
+                    err.name = name
+                    raise
+                except OSError as err:
+                    raise StartError("cannot set up the instance's cgroup", name=name,
+                                     errno=err.errno, path=err.filename) from err
+                launch.cgroup_ready(to_join)
             try:
                 launch.wait_until_running(deadline)
             except StartError as err:
@@ -768,6 +777,7 @@ class _Launch:
         self.notes: list[str] = []
         self.loop: str | None = None
         self.service_status: int | None = None
+        self.cgroup_leaf: str | None = None
 
     @classmethod
     def begin(cls, plan: dict[str, Any], out_fd: int, err_fd: int) -> _Launch:
@@ -789,6 +799,8 @@ class _Launch:
             raise error(str(reply.get("message") or reply.get("error") or "launch failed"),
                         step=reply.get("step"), errno=reply.get("errno"))
         launch.pidfd = fds[0]
+        leaf = reply.get("cgroup_leaf")
+        launch.cgroup_leaf = str(leaf) if leaf else None
         try:
             launch._adopt(int(reply["init_pid"]))
         except BaseException:
@@ -836,6 +848,10 @@ class _Launch:
         if stat is None or not stat.running or procfs.wait_pidfd(self.pidfd, 0):
             raise StartError("the instance's PID 1 exited during set-up")
         self.starttime = stat.starttime
+
+    def cgroup_ready(self, procs_files: list[str]) -> None:
+        """Tell PID 1 its cgroup is named and limited (and which parts it must still join)."""
+        wire.send_message(self.channel, {"event": "cgroup", "procs": procs_files})
 
     def commit(self) -> None:
         """Tell PID 1 the record is on disk: from now on it runs on its own."""

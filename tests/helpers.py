@@ -48,8 +48,30 @@ def loop_devices() -> set[tuple[str, str]]:
     return found
 
 
-def our_cgroups() -> set[str]:
-    """instancelib's cgroups (the directories under its trees, in every hierarchy)."""
+def _holds_only_spares(directory: str) -> bool:
+    """A cgroup the fork-server keeps for its spare PID 1 (it holds the spare, nothing else)."""
+    try:
+        with open(os.path.join(directory, "cgroup.procs")) as f:
+            pids = f.read().split()
+    except OSError:
+        return False
+    if not pids:
+        return False
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read(32).startswith(b"instancelib-spare"):
+                    return False
+        except OSError:
+            return False
+    return True
+
+
+def our_cgroups(*, spares: bool = True) -> set[str]:
+    """instancelib's cgroups (the directories under its trees, in every hierarchy).
+
+    ``spares=False`` leaves out those of the fork-servers' spare PID 1s.
+    """
     found = set()
     for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{d}" for d in os.listdir("/sys/fs/cgroup")
                                     if os.path.isdir(f"/sys/fs/cgroup/{d}"))):
@@ -60,7 +82,8 @@ def our_cgroups() -> set[str]:
             except OSError:
                 continue
             with entries:
-                found.update(entry.path for entry in entries if entry.is_dir())
+                found.update(entry.path for entry in entries if entry.is_dir()
+                             and (spares or not _holds_only_spares(entry.path)))
     return found
 
 

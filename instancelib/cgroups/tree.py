@@ -41,7 +41,10 @@ from instancelib.cgroups.limits import Limits
 from instancelib.errors import InvalidArgument, PermissionDenied, Unsupported
 from instancelib.linux.userns import has_host_root
 
-__all__ = ["CgroupInfo", "Hierarchies", "create", "detect", "live_info", "remove"]
+__all__ = [
+    "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt", "create", "detect", "live_info", "plan",
+    "remove",
+]
 
 log = logging.getLogger("instancelib")
 
@@ -101,7 +104,8 @@ class CgroupInfo:
 
     Attributes:
         name: the instance's cgroup, relative to each hierarchy's root
-            (``/instancelib/web.0.1f3a9c``).
+            (``/instancelib/i.0.4242.1f3a9c``: the user, the process that made it, a
+    random part; the instance's name is in the registry's record).
         v2: its directory in the cgroup v2 hierarchy, if it has one
             (``cgroup.freeze``, ``cgroup.kill``, and the controllers served by v2).
         v1: its directories in cgroup v1 hierarchies, by v1 controller.
@@ -272,19 +276,46 @@ def _enable_v2(base: str, wanted: Iterable[str], mount: str) -> set[str]:
 # -- making an instance's cgroup ---------------------------------------------------------------
 
 
-def create(name: str, limits: Limits | None) -> CgroupInfo | None:
-    """Make the cgroup for a new instance and apply ``limits`` to it.
+@attrs.frozen
+class CgroupPlan:
+    """Where a new instance's cgroup goes, decided (and its parents made) before it starts.
+
+    ``bases`` are the parent directories, one per hierarchy used; the
+    instance's cgroup is a directory of one name in each.  The fork-server
+    makes its spare PID 1 in a cgroup of these, which the start then adopts:
+    moving a process between cgroups costs milliseconds (an RCU grace
+    period), the spare pays it before it is needed.
+    """
+
+    leaf: str
+    v2_base: str | None
+    v1_bases: dict[str, str]  # v1 controller → parent directory
+    controllers: dict[str, str]
+    limits: Limits
+
+    def bases(self) -> list[str]:
+        return ([self.v2_base] if self.v2_base else []) + sorted(self.v1_bases.values())
+
+    def info(self, leaf: str) -> CgroupInfo:
+        """The cgroup these bases make with directories named ``leaf``."""
+        v2 = os.path.join(self.v2_base, leaf) if self.v2_base else None
+        v1_dirs = {name: os.path.join(base, leaf) for name, base in self.v1_bases.items()}
+        hierarchies = detect()
+        return CgroupInfo(name=_relative(v2 or next(iter(v1_dirs.values())), hierarchies),
+                          v2=v2, v1=v1_dirs, controllers=dict(self.controllers))
+
+
+def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
+    """Decide where a new instance's cgroup goes and make its parent directories.
 
     Returns None when this caller can have no cgroup here (an ordinary user
     without a delegated subtree) and no limits were asked for.
 
     Raises:
-        Unsupported: a limit no hierarchy here can enforce (nothing is left behind).
-        InvalidArgument: the kernel refused a limit's value (nothing is left behind).
+        Unsupported: a limit no hierarchy here can enforce (nothing is made).
     """
     limits = limits or Limits()
     hierarchies = detect()
-    leaf = f"{name}.{os.geteuid()}.{secrets.token_hex(3)}"
     v2_base = _v2_base(hierarchies)
     needed = limits.controllers()
     wanted = set(STATS_CONTROLLERS) | needed
@@ -308,40 +339,106 @@ def create(name: str, limits: Limits | None) -> CgroupInfo | None:
         raise Unsupported(_why_unsupported(missing, limits, hierarchies, v2_base))
     if v2_base is None and not choice:
         return None
-    info = CgroupInfo(
-        name="", v2=os.path.join(v2_base, leaf) if v2_base else None,
-        controllers=choice,
-    )
-    v1_dirs: dict[str, str] = {}
-    try:
-        if info.v2:
-            os.mkdir(info.v2)
-        for controller, version in choice.items():
-            if version != "v1":
-                continue
-            names = V1_NAMES[controller] if controller != "cpuset" or "cpuset" in needed else ()
-            for v1_name in names:
+    v1_bases: dict[str, str] = {}
+    for controller, version in choice.items():
+        if version == "v1":
+            for v1_name in V1_NAMES[controller]:
                 base = _v1_base(hierarchies, v1_name)
-                if base is None:
-                    continue
-                v1.prepare_base(v1_name, base)
-                directory = os.path.join(base, leaf)
-                os.mkdir(directory)
-                v1_dirs[v1_name] = directory
-        if info.v2 is None and hierarchies.v1_mounts.get("freezer") and has_host_root():
-            base = _v1_base(hierarchies, "freezer")
-            assert base is not None
-            v1.prepare_base("freezer", base)
-            v1_dirs["freezer"] = os.path.join(base, leaf)
-            os.mkdir(v1_dirs["freezer"])
-        info = attrs.evolve(info, v1=v1_dirs,
-                            name=_relative(info.v2 or next(iter(v1_dirs.values()), leaf),
-                                           hierarchies))
-        _apply(info, limits)
+                if base is not None:
+                    v1_bases[v1_name] = base
+    if v2_base is None and hierarchies.v1_mounts.get("freezer"):
+        base = _v1_base(hierarchies, "freezer")
+        if base is not None:
+            v1_bases["freezer"] = base
+    leaf = f"i.{os.geteuid()}.{os.getpid()}.{secrets.token_hex(3)}"
+    cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
+                             controllers=choice, limits=limits)
+    _prepare_bases(cgroup_plan, v2=False)  # v2: done above
+    _sweep_spares(cgroup_plan.bases())
+    return cgroup_plan
+
+
+def _prepare_bases(cgroup_plan: CgroupPlan, *, v2: bool = True) -> None:
+    hierarchies = detect()
+    if v2 and cgroup_plan.v2_base is not None:
+        _enable_v2(cgroup_plan.v2_base, set(cgroup_plan.controllers),
+                   hierarchies.v2_mount or "")
+    for v1_name, base in cgroup_plan.v1_bases.items():
+        v1.prepare_base(v1_name, base)
+
+
+def adopt(cgroup_plan: CgroupPlan, spare_leaf: str | None) -> tuple[CgroupInfo, list[str]]:
+    """Give the new instance its cgroup, and apply the limits.
+
+    With ``spare_leaf`` the spare PID 1 was born in directories of that name
+    under the plan's bases: they become the instance's cgroup (cgroup v2
+    cannot rename a cgroup, so the name stays).  Otherwise, or for a part
+    that is missing, directories named ``plan.leaf`` are made, and the
+    returned ``cgroup.procs`` files are the ones PID 1 must still join.  To
+    undo: ``remove`` the returned info once PID 1 is gone.
+
+    Raises:
+        InvalidArgument: the kernel refused a limit's value.
+        Unsupported: the kernel lacks a limit's file.
+    """
+    spare = cgroup_plan.info(spare_leaf) if spare_leaf else None
+    final = spare or cgroup_plan.info(cgroup_plan.leaf)
+    to_join: list[str] = []
+    for directory in ([final.v2] if final.v2 else []) + list(final.v1.values()):
+        if spare is not None and os.path.isdir(directory):
+            continue
+        try:
+            os.mkdir(directory)
+        except FileNotFoundError:  # the empty top was removed meanwhile: make it again
+            _prepare_bases(cgroup_plan)
+            os.mkdir(directory)
+        to_join.append(os.path.join(directory, "cgroup.procs"))
+    _apply(final, cgroup_plan.limits)
+    return final, to_join
+
+
+def create(name: str, limits: Limits | None) -> CgroupInfo | None:
+    """Make a cgroup (no process in it yet) and apply ``limits``: ``plan`` + ``adopt``."""
+    cgroup_plan = plan(name, limits)
+    if cgroup_plan is None:
+        return None
+    try:
+        info, _ = adopt(cgroup_plan, None)
     except BaseException:
-        remove(attrs.evolve(info, v1=v1_dirs), wait=0.5)
+        remove(cgroup_plan.info(cgroup_plan.leaf), wait=0.5)
         raise
     return info
+
+
+_swept: list[float] = []
+_SWEEP_EVERY = 60.0
+
+
+def _sweep_spares(bases: list[str]) -> None:
+    """Remove spare cgroups left by fork-servers that died without cleaning up.
+
+    Cgroups are named ``i.UID.PID.RANDOM`` (PID: the fork-server that made
+    them for a spare, or the caller); one is removed when empty and that
+    process is gone.  At most once a minute.
+    """
+    now = time.monotonic()
+    if _swept and now - _swept[0] < _SWEEP_EVERY:
+        return
+    _swept[:] = [now]
+    uid = str(os.geteuid())
+    for base in bases:
+        try:
+            names = os.listdir(base)
+        except OSError:
+            continue
+        for entry in names:
+            parts = entry.split(".")
+            if len(parts) != 4 or parts[0] != "i" or parts[1] != uid:
+                continue
+            if parts[2].isdigit() and os.path.exists(f"/proc/{parts[2]}"):
+                continue
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(base, entry))  # fails (EBUSY) unless empty
 
 
 def _relative(directory: str, hierarchies: Hierarchies) -> str:
@@ -508,4 +605,8 @@ def remove(info: CgroupInfo, *, wait: float = _REMOVE_WAIT) -> bool:
     if remaining:
         log.warning("cgroups still busy, left in place: %s", ", ".join(remaining))
         return False
+    for parent in {os.path.dirname(d) for d in directories if d}:
+        if os.path.basename(parent) == TREE:
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)  # our tree's top, once nothing is left in it
     return True

@@ -26,11 +26,13 @@ Only the standard library is imported.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import select
 import signal
 import socket
+import time
 from typing import Any
 
 from instancelib.linux import syscalls, wire
@@ -38,6 +40,8 @@ from instancelib.linux.join import run_join
 from instancelib.linux.launch import run_launcher
 
 __all__ = ["main"]
+
+_SPARE_EXIT_WAIT = 1.0  # seconds an unused spare may take to exit (then its cgroup goes)
 
 
 class _Spare:
@@ -47,9 +51,12 @@ class _Spare:
     wrong user namespace (or none) cannot serve a plan that asks for another.
     """
 
-    def __init__(self, sock: socket.socket, flavour: dict[str, Any] | None) -> None:
+    def __init__(self, sock: socket.socket, flavour: dict[str, Any] | None,
+                 cgroup_bases: list[str]) -> None:
         self.sock = sock
         self.flavour = flavour
+        self.cgroup_bases = cgroup_bases
+        self.cgroup_leaf: str | None = None
         self.pid = 0
         self.pidfd = -1
         self.error: dict[str, Any] | None = None
@@ -68,6 +75,8 @@ class _Spare:
         if message.get("event") == "spare" and len(fds) == 1:
             self.pid = int(message["pid"])
             self.pidfd = fds[0]
+            leaf = message.get("cgroup_leaf")
+            self.cgroup_leaf = str(leaf) if leaf else None
         else:
             self.error = message
             for fd in fds:
@@ -78,6 +87,22 @@ class _Spare:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+    def discard(self) -> None:
+        """End an unused spare (it sees EOF and exits) and remove its cgroup after it."""
+        if not self.pid and self.error is None:
+            self.receive_report()  # still being made: learn its PID and cgroup first
+        self.sock.close()
+        if self.pidfd >= 0:
+            with contextlib.suppress(OSError):
+                select.select([self.pidfd], [], [], _SPARE_EXIT_WAIT)
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if self.cgroup_leaf:
+            _remove_cgroups([os.path.join(base, self.cgroup_leaf) for base in self.cgroup_bases])
+            for base in self.cgroup_bases:
+                with contextlib.suppress(OSError):
+                    os.rmdir(base)  # the tree's top, if nothing else is in it
 
 
 class _Server:
@@ -90,6 +115,14 @@ class _Server:
         self.poller = select.poll()
 
     def serve(self) -> None:
+        try:
+            self._serve()
+        finally:
+            if self.spare is not None:
+                self.spare.discard()
+                self.spare = None
+
+    def _serve(self) -> None:
         self.poller.register(self.sock.fileno(), select.POLLIN)
         self.poller.register(self.wake_read, select.POLLIN)
         while True:
@@ -125,7 +158,8 @@ class _Server:
                 os.close(fd)
         if message.get("op") == "start" and self.spare is None:
             # For the next start (likely alike), while the caller waits on this one.
-            self.make_spare(message["plan"].get("userns"))
+            plan = message["plan"]
+            self.make_spare(plan.get("userns"), list(plan.get("cgroup_bases") or ()))
         return True
 
     def handle(self, message: dict[str, Any],
@@ -154,31 +188,32 @@ class _Server:
         The reply carries the PID 1's pidfd, so the caller never has to trust a bare PID.
         """
         flavour = plan.get("userns")
+        bases = list(plan.get("cgroup_bases") or ())
         for _attempt in range(2):
-            spare = self.take_spare(flavour)
+            spare = self.take_spare(flavour, bases)
             if spare.error is not None:
                 spare.close()
                 return {"ok": False, **spare.error}, []
             try:
                 wire.send_message(spare.sock, {"plan": plan}, fds)
             except OSError:
-                spare.close()
+                spare.discard()
                 continue  # the spare died (killed from outside): make another
             pidfd, spare.pidfd = spare.pidfd, -1
             spare.close()
-            return {"ok": True, "init_pid": spare.pid}, [pidfd]
+            return {"ok": True, "init_pid": spare.pid, "cgroup_leaf": spare.cgroup_leaf}, [pidfd]
         return {"ok": False, "step": "make a PID 1", "errno": None,
                 "message": "spare PID 1 processes keep dying"}, []
 
-    def take_spare(self, flavour: dict[str, Any] | None) -> _Spare:
+    def take_spare(self, flavour: dict[str, Any] | None, cgroup_bases: list[str]) -> _Spare:
         spare = self.spare
-        if spare is not None and spare.flavour != flavour:
+        if spare is not None and (spare.flavour, spare.cgroup_bases) != (flavour, cgroup_bases):
             with contextlib.suppress(KeyError):
                 self.poller.unregister(spare.sock.fileno())
-            spare.close()  # the spare sees EOF and exits
+            spare.discard()
             spare = None
         if spare is None:
-            spare = self.make_spare(flavour)
+            spare = self.make_spare(flavour, cgroup_bases)
         if not spare.pid and spare.error is None:  # still being made: wait for it
             with contextlib.suppress(KeyError):
                 self.poller.unregister(spare.sock.fileno())
@@ -186,18 +221,18 @@ class _Server:
         self.spare = None
         return spare
 
-    def make_spare(self, flavour: dict[str, Any] | None) -> _Spare:
+    def make_spare(self, flavour: dict[str, Any] | None, cgroup_bases: list[str]) -> _Spare:
         """Fork a launcher that makes a spare PID 1; its report is read later."""
         ours, theirs = wire.socketpair()
         pid = self.fork_child()
         if pid == 0:
             ours.close()
             try:
-                run_launcher(theirs, flavour)
+                run_launcher(theirs, flavour, cgroup_bases)
             finally:
                 os._exit(1)
         theirs.close()
-        self.spare = _Spare(ours, flavour)
+        self.spare = _Spare(ours, flavour, cgroup_bases)
         self.poller.register(ours.fileno(), select.POLLIN)
         return self.spare
 
@@ -213,6 +248,25 @@ class _Server:
             if self.spare is not None:
                 self.spare.close()
         return pid
+
+
+def _remove_cgroups(directories: list[str]) -> None:
+    """rmdir each; a cgroup stays busy for a moment after its last process exited."""
+    deadline = time.monotonic() + _SPARE_EXIT_WAIT
+    while directories:
+        busy = []
+        for directory in directories:
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                if err.errno == errno.EBUSY:
+                    busy.append(directory)
+        directories = busy
+        if not directories or time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
 
 
 def _noop(_signum: int, _frame: object) -> None:

@@ -5,8 +5,11 @@ PID 1 of the new PID namespace.  It:
 
 0. waits, as a *spare*, in its own session with stdio on /dev/null, until
    the fork-server hands it a plan; then unshares its mount namespace;
-1. names itself after the instance;
-2. builds the root filesystem and pivots into it (``container``);
+1. names itself after the instance (and joins its cgroup, when it was not
+   born in one);
+2. builds the root filesystem and pivots into it (``container``); then, if
+   the instance has a cgroup, waits until the caller has named it and
+   written its limits;
 3. computes the environment (``envscripts``) and spawns the start/run script
    with ``posix_spawn``; an exec failure is reported, not swallowed;
 4. reports to the caller and waits for "commit": the caller answers once the
@@ -72,9 +75,6 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
     try:
         _name_process(plan["name"], plan["user"])
         try:
-            # First of all, into the instance's cgroup: everything after (the
-            # mounts' helpers, the service) is born inside it and its limits.
-            join_cgroups(plan.get("cgroup_procs") or ())
             try:
                 syscalls.unshare(syscalls.CLONE_NEWNS)
             except OSError as err:
@@ -85,6 +85,10 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             if plan.get("note"):
                 os.write(err_fd, f"instancelib: {plan['note']}\n".encode())
             report = container.setup_container(plan)
+            if plan.get("cgroup_wait"):
+                # Nothing of the image runs (env scripts, service) before the
+                # caller has named our cgroup and written its limits.
+                _await_cgroup(channel)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
@@ -110,6 +114,15 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                         "errno": getattr(err, "errno", None), "path": None})
         os._exit(1)
     _supervise(wakeup, channel, service, set(report["helpers"]))
+
+
+def _await_cgroup(channel: socket.socket) -> None:
+    message, fds = wire.recv_message(channel)
+    for fd in fds:
+        os.close(fd)
+    if message is None or message.get("event") != "cgroup":
+        os._exit(1)  # the caller gave up (or is gone) before the instance ran anything
+    join_cgroups(message.get("procs") or ())
 
 
 def join_cgroups(procs_files: Any) -> None:

@@ -21,12 +21,14 @@ Only the standard library is imported.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
-from instancelib.linux import syscalls, userns, wire
-from instancelib.linux.init import run_spare
+from instancelib.linux import container, syscalls, userns, wire
+from instancelib.linux.init import join_cgroups, run_spare
 
 __all__ = ["NAMESPACES", "SPARE_NAMESPACES", "run_launcher"]
 
@@ -43,12 +45,18 @@ _UNSHARE_ADVICE = {
 }
 
 
-def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None) -> None:
+def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None,
+                 cgroup_bases: Sequence[str] = ()) -> None:
     """Unshare, fork a spare PID 1, report its host PID over ``control``; never returns.
 
     ``user_namespace`` is ``None`` (host root: no user namespace) or
     ``{"uid_map", "gid_map", "helpers"}`` (see ``userns.enter_user_namespace``).
+    With ``cgroup_bases`` the launcher first moves into a new cgroup
+    ``i.UID.FORKSERVER.RANDOM`` under each, so the spare is born in it (the
+    report names it); the instance it becomes keeps it.  Should that fail,
+    the spare is made without one.
     """
+    leaf = _enter_spare_cgroup(cgroup_bases) if cgroup_bases else None
     if user_namespace is not None:
         try:
             userns.enter_user_namespace(user_namespace["uid_map"], user_namespace["gid_map"],
@@ -79,5 +87,23 @@ def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None) 
     # Only we can reap the child, so this pidfd surely refers to it; it travels
     # with the PID to the fork-server and on to the caller.
     pidfd = os.pidfd_open(pid)
-    wire.send_message(control, {"event": "spare", "pid": pid}, [pidfd])
+    wire.send_message(control, {"event": "spare", "pid": pid, "cgroup_leaf": leaf}, [pidfd])
     os._exit(0)
+
+
+def _enter_spare_cgroup(bases: Sequence[str]) -> str | None:
+    """Make a cgroup under each base and move in; None (and nothing left) on failure."""
+    leaf = f"i.{os.geteuid()}.{os.getppid()}.{os.urandom(3).hex()}"
+    made: list[str] = []
+    try:
+        for base in bases:
+            directory = os.path.join(base, leaf)
+            os.mkdir(directory)
+            made.append(directory)
+        join_cgroups(os.path.join(d, "cgroup.procs") for d in made)
+    except (OSError, container.SetupError):
+        for directory in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        return None
+    return leaf
