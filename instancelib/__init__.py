@@ -12,6 +12,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from instancelib.binds import Bind as Bind
+from instancelib.cgroups import CgroupInfo as CgroupInfo
+from instancelib.cgroups import Device as Device
+from instancelib.cgroups import Limits as Limits
+from instancelib.cgroups import Stats as Stats
 from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
 from instancelib.errors import ImageError as ImageError
@@ -58,9 +62,11 @@ __all__ = [
     "AppMetadata",
     "Bind",
     "BuildProgress",
+    "CgroupInfo",
     "CommandProbe",
     "Definition",
     "DefinitionError",
+    "Device",
     "ExecError",
     "ExecResult",
     "FileProbe",
@@ -75,12 +81,14 @@ __all__ = [
     "InstanceStatus",
     "InvalidArgument",
     "InvalidName",
+    "Limits",
     "NameConflict",
     "NotFound",
     "PermissionDenied",
     "RegistryError",
     "StartError",
     "StartTimeout",
+    "Stats",
     "TcpProbe",
     "Timeout",
     "Unsupported",

@@ -5,6 +5,7 @@
     instancelib instance start|run [options] IMAGE NAME [ARGS...]
     instancelib instance list [--json] [--logs] [PATTERN]
     instancelib instance stop [--all] [--signal SIG] [--timeout N] [--force] [PATTERN]
+    instancelib instance stats [--no-stream] [--json] NAME
     instancelib exec instance://NAME CMD...
     instancelib run instance://NAME [ARGS...]
     instancelib shell instance://NAME
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pty
@@ -33,9 +35,12 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
+from instancelib.cgroups.limits import Limits
 from instancelib.errors import InstanceError, InvalidArgument, NotFound
 from instancelib.image import Image
 from instancelib.image import sif as sif_format
@@ -44,6 +49,7 @@ from instancelib.readiness import CommandProbe, FileProbe, TcpProbe
 from instancelib.registry import InstanceRegistry
 
 if TYPE_CHECKING:
+    from instancelib.cgroups.stats import Stats
     from instancelib.image.build import BuildProgress
     from instancelib.image.inspect import ImageMetadata
 
@@ -100,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds before SIGKILL (default 10)")
     stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
     stop.add_argument("pattern", nargs="?", metavar="PATTERN")
+
+    stats = instance_commands.add_parser("stats", help="show an instance's resource use")
+    stats.add_argument("-u", "--user", help="another user's instance (root only)")
+    stats.add_argument("-j", "--json", action="store_true", help="print as JSON")
+    stats.add_argument("--no-stream", action="store_true",
+                       help="print one reading and exit (default: one every second until "
+                            "the instance ends or Ctrl-C)")
+    stats.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    stats.add_argument("name", metavar="NAME")
 
     sif = commands.add_parser("sif", help="show what a SIF file holds (as siftool does)")
     sif_commands = sif.add_subparsers(dest="sif_command", required=True, metavar="SUBCOMMAND")
@@ -172,6 +187,35 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
                         help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
     parser.add_argument("--timeout", type=float, default=30.0,
                         help="seconds the start (and readiness) may take (default 30)")
+    limits = parser.add_argument_group("resource limits (the instance's cgroup)")
+    limits.add_argument("--apply-cgroups", metavar="FILE",
+                        help="limits from an Apptainer cgroups TOML file (the flags below "
+                             "override it)")
+    for flag, what in (("--memory", "memory limit (e.g. 512M, 1.5G)"),
+                       ("--memory-reservation", "memory soft limit"),
+                       ("--memory-swap", "memory plus swap limit (-1: unlimited swap)"),
+                       ("--cpus", "CPUs' worth of time (e.g. 0.5)"),
+                       ("--cpu-shares", "relative CPU weight (default 1024)"),
+                       ("--cpuset-cpus", "CPUs allowed (e.g. 0-3,5)"),
+                       ("--cpuset-mems", "memory nodes allowed"),
+                       ("--blkio-weight", "relative block I/O weight (10..1000)"),
+                       ("--pids-limit", "most processes at once")):
+        limits.add_argument(flag, help=what)
+    limits.add_argument("--blkio-weight-device", action="append", default=[],
+                        metavar="DEVICE:WEIGHT", help="per-device block I/O weight (repeatable)")
+
+
+def _parse_limits(args: argparse.Namespace) -> Limits | None:
+    """``--apply-cgroups`` and the limit flags (which override the file's values)."""
+    base = Limits.from_toml(args.apply_cgroups) if args.apply_cgroups else Limits()
+    flags = {name: getattr(args, name) for name in (
+        "memory", "memory_reservation", "memory_swap", "cpus", "cpu_shares", "cpuset_cpus",
+        "cpuset_mems", "blkio_weight", "pids_limit") if getattr(args, name) is not None}
+    if args.blkio_weight_device:
+        flags["blkio_weight_device"] = list(args.blkio_weight_device)
+    if not flags:
+        return base or None
+    return attrs.evolve(base, **flags)
 
 
 def _parse_env(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]:
@@ -264,6 +308,7 @@ def _instance_start(args: argparse.Namespace, registry: InstanceRegistry) -> int
         env=_parse_env(args.env, args.env_file), cleanenv=args.cleanenv, contain=args.contain,
         hostname=args.hostname, pid_file=args.pid_file, registry=registry,
         ready=_parse_ready(args.ready), timeout=args.timeout, fakeroot=args.fakeroot,
+        limits=_parse_limits(args),
     )
     log.info("instance started successfully")
     return 0
@@ -303,6 +348,40 @@ def _instance_stop(args: argparse.Namespace, registry: InstanceRegistry) -> int:
                  instance.pid)
     stop_instances(instances, signal=_parse_signal(args.signal), timeout=args.timeout,
                    force=args.force)
+    return 0
+
+
+def format_stats(readings: Sequence[Stats]) -> str:
+    """Singularity's ``instance stats`` table (docker's units: MiB for memory, kB for I/O)."""
+    from instancelib.cgroups.stats import format_binary, format_decimal  # noqa: PLC0415
+
+    rows = [["INSTANCE NAME", "CPU USAGE", "MEM USAGE / LIMIT", "MEM %", "BLOCK I/O"]]
+    trailing = ["PIDS"]
+    for s in readings:
+        rows.append([s.name, f"{s.cpu_percent:.2f}%",
+                     f"{format_binary(s.memory_usage)} / {format_binary(s.memory_limit)}",
+                     f"{s.memory_percent:.2f}%",
+                     f"{format_decimal(s.block_read)} / {format_decimal(s.block_write)}"])
+        trailing.append(str(s.pids))
+    return tabulate(rows, trailing)
+
+
+def _instance_stats(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+    instance = registry.get(args.name)
+    readings: Iterator[Stats] = (instance.stats(stream=True, interval=args.interval)
+                                 if not args.no_stream else iter([instance.stats()]))
+    first = True
+    for reading in readings:
+        if first and reading.source == "processes":
+            log.info("the instance has no cgroup: figures are summed over its processes")
+        first = False
+        if args.json:
+            sys.stdout.write(json.dumps(reading.to_dict()) + "\n")
+        else:
+            if not args.no_stream and sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            sys.stdout.write(format_stats([reading]))
+        sys.stdout.flush()
     return 0
 
 
@@ -526,6 +605,7 @@ _COMMANDS = {
     ("instance", "run"): _instance_start,
     ("instance", "list"): _instance_list,
     ("instance", "stop"): _instance_stop,
+    ("instance", "stats"): _instance_stats,
     ("exec", None): _exec,
     ("run", None): _run,
     ("shell", None): _shell,

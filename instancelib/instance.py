@@ -15,7 +15,9 @@ import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, Literal, NoReturn, overload
+
+import psutil
 
 from instancelib import launchplan
 from instancelib.binds import Bind, parse_binds
@@ -52,6 +54,7 @@ _RUNSCRIPT = "/.singularity.d/runscript"
 _KILL_GRACE = 10.0  # how long SIGKILL of PID 1 may take to empty the namespace
 _LOOP_RELEASE = 2.0  # how long a stopped instance's loop device may take to detach
 _ERR_TAIL_LINES = 20
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class InstanceStatus(enum.Enum):
@@ -318,6 +321,12 @@ class Instance(metaclass=_NoPublicConstructor):
         """The limits the instance was started with (empty ``Limits()`` for none)."""
         return Limits(**self._record.options.get("limits", {}))
 
+    @overload
+    def stats(self, *, stream: Literal[False] = ..., interval: float = ...) -> Stats: ...
+
+    @overload
+    def stats(self, *, stream: Literal[True], interval: float = ...) -> Iterator[Stats]: ...
+
     def stats(self, *, stream: bool = False,
               interval: float = 1.0) -> Stats | Iterator[Stats]:
         """The instance's resource use now, read at once (see ``Stats``).
@@ -338,7 +347,8 @@ class Instance(metaclass=_NoPublicConstructor):
         cgroup = self.cgroup
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
-        started = int(self._record.started_at * 1e9)
+        # The first window starts when PID 1 did (boot time + its start time in ticks).
+        started = int((psutil.boot_time() + self._record.starttime / _CLOCK_TICKS) * 1e9)
         try:
             stats, self._last_sample = read_sample(self.name, self.pid, cgroup,
                                                    self._last_sample, started)
