@@ -92,6 +92,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
+            _protect_from_oom_killer()
         except container.SetupError as err:
             wire.send_message(channel, {"event": "error", **err.to_wire()})
             os._exit(1)
@@ -164,6 +165,21 @@ def _name_process(name: str, user: str) -> None:
     syscalls.prctl_set_name(procfs.INIT_COMM)
     with contextlib.suppress(OSError):
         syscalls.set_process_title(f"instancelib-init: {user} [{name}]")
+
+
+def _protect_from_oom_killer() -> None:
+    """Make the OOM killer pick the instance's processes before its PID 1.
+
+    Killing PID 1 would end the whole instance; under a memory limit the
+    culprit should go, and the instance stay manageable.  Done after the
+    service is spawned: children inherit the setting.  Only root may lower it.
+    """
+    with contextlib.suppress(OSError):
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"-999")
+        finally:
+            os.close(fd)
 
 
 def _ignore(_signum: int, _frame: object) -> None:

@@ -1,0 +1,295 @@
+"""Limits, stats, pause and stop through real cgroups.
+
+These tests run wherever the suite runs: on this machine's hybrid hierarchy
+(cgroup v1 controllers) as root, as an ordinary user without a delegated
+cgroup (no cgroup: limits are refused, stats come from the processes), and,
+from ``.ci/run``, as root in a pure cgroup v2 VM (``../shared/v2vm``).  Each
+test asserts what the host it runs on must do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from instancelib import CgroupInfo, Instance, Limits, Stats, Unsupported
+from instancelib.cgroups import tree
+from instancelib.errors import InvalidArgument
+from instancelib.linux.userns import has_host_root
+from tests.helpers import instance_processes, our_cgroups, wait_for
+
+pytestmark = pytest.mark.cgroups
+
+HAS_CGROUP = has_host_root() or tree._v2_base(tree.detect()) is not None
+IDLE = "#!/bin/sh\nexec sleep 100000\n"
+
+
+def _counter(info: CgroupInfo, controller: str, filename: str, key: str) -> int:
+    """A ``key value`` line of a cgroup file, from the directory serving ``controller``."""
+    directory = info.directory(controller)
+    assert directory is not None, f"no {controller} directory in {info}"
+    for line in Path(directory, filename).read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    raise AssertionError(f"{key} not in {directory}/{filename}")
+
+
+def _oom_kills(info: CgroupInfo) -> int:
+    v2 = info.controllers["memory"] == "v2"
+    return _counter(info, "memory", "memory.events" if v2 else "memory.oom_control", "oom_kill")
+
+
+def _nothing_left(registry, name: str, processes_before: set[int]) -> None:
+    assert registry.records() == [] and not registry.record_path(name).exists()
+    assert instance_processes() - processes_before == set()
+
+
+def test_an_instance_runs_in_its_cgroup(make_image, start):
+    instance = start(make_image(startscript=IDLE), "inside")
+    info = instance.cgroup
+    if not HAS_CGROUP:
+        assert info is None  # an ordinary user without a delegated cgroup v2 subtree
+        assert instance.stats().source == "processes"
+        return
+    assert info is not None
+    own = Path(f"/proc/{instance.pid}/cgroup").read_text()
+    assert f":{info.name}\n" in own
+    # Commands run by exec join it too (as does everything PID 1 starts).
+    assert f":{info.name}\n" in instance.exec(["cat", "/proc/self/cgroup"]).stdout
+    for controller, version in info.controllers.items():
+        assert version in ("v1", "v2")
+        assert info.directory(controller) is not None
+    hierarchies = tree.detect()
+    if hierarchies.v2_mount and not hierarchies.v1_mounts:
+        assert info.version == "v2"
+    elif hierarchies.v1_mounts and hierarchies.v2_mount:
+        assert info.version in ("hybrid", "v2")
+    directories = set(info.v1.values()) | ({info.v2} if info.v2 else set())
+    instance.stop()
+    assert not any(os.path.exists(d) for d in directories)
+
+
+def test_a_memory_limit_kills_the_hog_not_the_instance(make_image, start, registry):
+    limits = Limits(memory="32M", memory_swap="32M")
+    image = make_image(startscript=IDLE)
+    if not HAS_CGROUP:
+        before = instance_processes()
+        with pytest.raises(Unsupported, match="memory"):
+            start(image, "hog", limits=limits)
+        _nothing_left(registry, "hog", before)
+        return
+    instance = start(image, "hog", limits=limits)
+    info = instance.cgroup
+    assert info is not None
+    # dd allocates its 96 MiB block and fills it: far over the limit.
+    hog = instance.exec(["dd", "if=/dev/zero", "of=/dev/null", "bs=96M", "count=1"])
+    assert hog.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), hog
+    assert _oom_kills(info) >= 1
+    # The instance is still there, and manageable.
+    assert instance.is_running()
+    assert instance.exec(["echo", "alive"]).stdout == "alive\n"
+    stats = instance.stats()
+    assert stats.memory_limit == 32 << 20
+    instance.stop()
+
+
+def test_a_pids_limit_makes_fork_fail(make_image, start, registry):
+    limits = Limits(pids_limit=6)
+    image = make_image(startscript=IDLE)
+    if not HAS_CGROUP:
+        with pytest.raises(Unsupported, match="pids"):
+            start(image, "forks", limits=limits)
+        assert registry.records() == []
+        return
+    instance = start(image, "forks", limits=limits)
+    info = instance.cgroup
+    assert info is not None
+    result = instance.exec(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 3 & done; "
+                                        "kill $(jobs -p) 2>/dev/null; exit 0"])
+    assert "fork" in result.stderr.lower() or "resource" in result.stderr.lower(), result
+    assert _counter(info, "pids", "pids.events", "max") >= 1
+    assert instance.stats().pids <= 6
+    instance.stop()
+
+
+def test_a_cpu_quota_throttles(make_image, start):
+    limits = Limits(cpus=0.2)
+    image = make_image(startscript=IDLE)
+    if not HAS_CGROUP:
+        with pytest.raises(Unsupported, match="cpu"):
+            start(image, "busy", limits=limits)
+        return
+    instance = start(image, "busy", limits=limits)
+    info = instance.cgroup
+    assert info is not None
+    before = instance.stats().cpu_seconds
+    began = time.monotonic()
+    instance.exec(["timeout", "2", "sh", "-c", "while :; do :; done"])
+    wall = time.monotonic() - began
+    used = instance.stats().cpu_seconds - before
+    # 0.2 CPU over ~2 s is 0.4 s; unthrottled it would be ~2 s.
+    assert used < 0.2 * wall + 0.35, (used, wall)
+    assert _counter(info, "cpu", "cpu.stat", "nr_throttled") > 0
+    instance.stop()
+
+
+def test_pause_and_resume(make_image, start, tmp_path):
+    ticker = "#!/bin/sh\nwhile :; do date +%s%N > /tmp/tick; sleep 0.02; done\n"
+    image = make_image(startscript=ticker)
+    instance = start(image, "ticker", binds=[f"{tmp_path}:/tmp"])
+    tick = tmp_path / "tick"
+    wait_for(tick.exists)
+    if not HAS_CGROUP:
+        with pytest.raises(Unsupported, match="cgroup"):
+            instance.pause()
+        assert not instance.paused
+        instance.stop()
+        return
+    instance.pause()
+    assert instance.paused
+    frozen_at = tick.read_text()
+    time.sleep(0.3)
+    assert tick.read_text() == frozen_at  # nothing ran
+    instance.resume()
+    assert not instance.paused
+    wait_for(lambda: tick.read_text() != frozen_at)
+    # A paused instance still stops gracefully (it is thawed first).
+    instance.pause()
+    began = time.monotonic()
+    instance.stop(timeout=5)
+    assert time.monotonic() - began < 4
+
+
+def test_stop_kills_a_process_that_escaped_the_namespace(make_image, start):
+    instance = start(make_image(startscript=IDLE), "leaky")
+    info = instance.cgroup
+    if not HAS_CGROUP:
+        assert info is None
+        instance.stop()
+        return
+    assert info is not None
+    # A host process moved into the instance's cgroup: outside its PID namespace
+    # and process group, so only the cgroup can find it.
+    escaped = subprocess.Popen(["sleep", "1000"])
+    try:
+        for procs in info.procs_files():
+            Path(procs).write_text(str(escaped.pid))
+        instance.stop(timeout=5)
+        assert escaped.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if escaped.poll() is None:
+            escaped.kill()
+            escaped.wait()
+
+
+def test_stats(make_image, start, tmp_path):
+    disk = Path(os.environ.get("V2VM_DISK", str(tmp_path)))  # a directory on a block device
+    image = make_image(startscript=IDLE)
+    instance = start(image, "stats", binds=[f"{disk}:/data"],
+                     limits=Limits(memory="256M") if HAS_CGROUP else None)
+    instance.exec(["dd", "if=/dev/zero", "of=/data/instancelib-stats", "bs=1M", "count=8",
+                   "oflag=direct"])
+    began = time.perf_counter()
+    stats = instance.stats()
+    assert time.perf_counter() - began < 0.5  # at once (benchmarks/ measures it)
+    assert isinstance(stats, Stats) and stats.name == "stats"
+    assert stats.memory_usage > 0 and stats.pids >= 1
+    assert 0 <= stats.memory_percent <= 100
+    assert stats.cpu_percent >= 0 and stats.cpu_seconds > 0
+    assert json.loads(json.dumps(stats.to_dict()))["name"] == "stats"
+    if HAS_CGROUP:
+        assert stats.source.startswith("cgroup")
+        assert stats.memory_limit == 256 << 20
+        assert stats.block_write >= 8 << 20
+    else:
+        assert stats.source == "processes"
+    # A second reading measures CPU over the time since the first.
+    instance.exec(["timeout", "0.5", "sh", "-c", "while :; do :; done"])
+    assert instance.stats().cpu_percent > 0
+    # A stream ends when the instance does.
+    readings: list[Stats] = []
+    stopper = threading.Timer(0.5, instance.stop)
+    stopper.start()
+    for reading in instance.stats(stream=True, interval=0.1):
+        readings.append(reading)
+        assert len(readings) < 200
+    stopper.join()
+    assert len(readings) >= 2
+    (disk / "instancelib-stats").unlink(missing_ok=True)
+
+
+def test_a_limit_no_hierarchy_enforces_leaves_nothing(make_image, start, registry):
+    before_cgroups = our_cgroups(spares=False)
+    before = instance_processes()
+    with pytest.raises(Unsupported, match="nosuchcontroller"):
+        start(make_image(), "nope", limits=Limits(unified={"nosuchcontroller.max": "1"}))
+    _nothing_left(registry, "nope", before)
+    assert our_cgroups(spares=False) == before_cgroups
+
+
+def test_a_value_the_kernel_refuses_leaves_nothing(make_image, start, registry):
+    before = instance_processes()
+    before_cgroups = our_cgroups(spares=False)
+    limits = Limits(cpuset_cpus="4000")  # no such CPU
+    if not HAS_CGROUP:
+        with pytest.raises(Unsupported):
+            start(make_image(), "refused", limits=limits)
+    else:
+        with pytest.raises(InvalidArgument, match="cpuset.cpus"):
+            start(make_image(), "refused", limits=limits)
+    _nothing_left(registry, "refused", before)
+    wait_for(lambda: our_cgroups(spares=False) == before_cgroups)
+
+
+def test_the_cgroup_of_an_instance_killed_from_outside_is_removed(make_image, start, registry):
+    instance = start(make_image(startscript=IDLE), "victim")
+    info = instance.cgroup
+    os.kill(instance.pid, signal.SIGKILL)
+    wait_for(lambda: registry.list() == [])  # pruned when read
+    if info is not None:
+        wait_for(lambda: not any(os.path.exists(d) for d in info.v1.values()) and
+                 not (info.v2 and os.path.exists(info.v2)))
+
+
+def test_cli_limits_and_stats(make_image, registry, tmp_path):
+    env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
+    toml = tmp_path / "limits.toml"
+    toml.write_text("[pids]\nlimit = 50\n[memory]\nlimit = 134217728\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "instancelib", *args], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    image = make_image(startscript=IDLE)
+    started = cli("instance", "start", "--apply-cgroups", str(toml), "--memory", "96M",
+                  image.path, "limited")
+    if not HAS_CGROUP:
+        assert started.returncode == 255 and "cannot enforce" in started.stderr
+        assert registry.records() == []
+        return
+    assert started.returncode == 0, started.stderr
+    try:
+        instance = registry.get("limited")
+        assert instance.limits == Limits(pids_limit=50, memory="96M")  # the flag wins
+        table = cli("instance", "stats", "--no-stream", "limited")
+        assert table.returncode == 0, table.stderr
+        header, row = table.stdout.splitlines()
+        assert header.split("    ") == ["INSTANCE NAME", "CPU USAGE", "MEM USAGE / LIMIT",
+                                        "MEM %", "BLOCK I/O", "PIDS"]
+        assert row.startswith("limited ") and "/ 96MiB" in row
+        as_json = json.loads(cli("instance", "stats", "--no-stream", "--json",
+                                 "limited").stdout)
+        assert as_json["memory_limit"] == 96 << 20
+        bad = cli("instance", "start", "--cpus", "-1", image.path, "bad")
+        assert bad.returncode == 255 and "cpus" in bad.stderr
+    finally:
+        cli("instance", "stop", "--all")
