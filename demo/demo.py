@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from instancelib import BuildProgress, Definition, Image, Instance, InstanceRegistry
+from instancelib import BuildProgress, Definition, Image, Instance, InstanceRegistry, Limits
 
 DEFINITION = """\
 Bootstrap: busybox
@@ -94,15 +94,18 @@ def main() -> int:
         print(f"{image} built in {(time.perf_counter() - began) * 1000:.0f} ms")
         cli("inspect", "--labels", image.path, home=registry.root)
 
-        step("start two instances, each ready when its port answers")
-        for name in ("web1", "web2"):
+        step("start two instances, each ready when its port answers; web2 with limits")
+        for name, limits in (("web1", None),
+                             ("web2", Limits(memory="64M", cpus=0.5, pids_limit=32))):
             port = free_port()
             began = time.perf_counter()
             instance = Instance.start(image, name, args=[str(port)], registry=registry,
-                                      ready=("tcp", port))
+                                      ready=("tcp", port), limits=limits)
             instances.append(instance)
+            cgroup = instance.cgroup
             print(f"{name}: pid {instance.pid}, port {port}, ready in "
-                  f"{(time.perf_counter() - began) * 1000:.1f} ms")
+                  f"{(time.perf_counter() - began) * 1000:.1f} ms; cgroup "
+                  f"{cgroup.name + ' (' + cgroup.version + ')' if cgroup else 'none'}")
             instance.port = port  # type: ignore[attr-defined]
 
         step("fetch a page from each")
@@ -122,6 +125,19 @@ def main() -> int:
         print(f"(exec took {(time.perf_counter() - began) * 1000:.1f} ms)")
         cli("exec", "instance://web1", "sh", "-c", "echo hostname: $(hostname), $SITE_NAME",
             home=registry.root)
+
+        step("resource use: stats() from the API, then the CLI's table")
+        for instance in instances:
+            stats = instance.stats()
+            limit = f"limit {stats.memory_limit >> 20} MiB" if stats.memory_limit else "no limit"
+            print(f"{instance.name}: {stats.memory_usage / 1024:.0f} KiB of memory ({limit}), "
+                  f"{stats.pids} processes, CPU {stats.cpu_percent:.1f}% [{stats.source}]")
+        cli("instance", "stats", "--no-stream", "web2", home=registry.root)
+        step("pause web1 (its cgroup's freezer), then resume it")
+        instances[0].pause()
+        print(f"web1 paused: {instances[0].paused}")
+        instances[0].resume()
+        print(f"web1 paused: {instances[0].paused}")
 
         step("web1's log")
         for line in instances[0].logs():

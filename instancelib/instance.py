@@ -218,6 +218,7 @@ class Instance(metaclass=_NoPublicConstructor):
             wire_plan = plan.to_wire()
             wire_plan["cgroup_bases"] = cgroup_plan.bases() if cgroup_plan else []
             wire_plan["cgroup_wait"] = cgroup_plan is not None
+            wire_plan["cgroup_roots"] = cgroup_plan.roots() if cgroup_plan else []
             try:
                 launch = _Launch.begin(wire_plan, out_fd, err_fd)
             except (StartError, Unsupported) as err:
@@ -412,13 +413,7 @@ class Instance(metaclass=_NoPublicConstructor):
     def paused(self) -> bool:
         """Whether the instance is frozen (``pause()``)."""
         cgroup = self.cgroup
-        if cgroup is None:
-            return False
-        if cgroup.v2 is not None:
-            return "frozen 1" in Path(cgroup.v2, "cgroup.events").read_text()
-        freezer = cgroup.v1.get("freezer")
-        return freezer is not None and Path(freezer, "freezer.state").read_text().strip() \
-            == "FROZEN"
+        return cgroup is not None and _frozen(cgroup)
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
@@ -473,7 +468,8 @@ class Instance(metaclass=_NoPublicConstructor):
 
         Raises:
             NotFound: the instance is not running.
-            ExecError: the command cannot be started (not found, not executable).
+            ExecError: the command cannot be started (not found, not executable,
+                the instance is paused).
         """
         command = _check_argv(argv)
         self._check_owner()
@@ -481,6 +477,9 @@ class Instance(metaclass=_NoPublicConstructor):
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
         cgroup = self.cgroup
+        if cgroup is not None and _frozen(cgroup):
+            # The command would join the frozen cgroup and hang there (docker refuses too).
+            raise ExecError("the instance is paused: resume() it first", name=self.name)
         with _Stdio(stdin, stdout, stderr, text) as stdio:
             status, theirs = wire.socketpair()
             try:
@@ -736,6 +735,18 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
             cgroup_tree.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
+
+
+def _frozen(cgroup: CgroupInfo) -> bool:
+    """Whether the cgroup is frozen or being frozen."""
+    try:
+        if cgroup.v2 is not None:
+            return Path(cgroup.v2, "cgroup.freeze").read_text().strip() == "1"
+        freezer = cgroup.v1.get("freezer")
+        return freezer is not None and \
+            Path(freezer, "freezer.state").read_text().strip() != "THAWED"
+    except FileNotFoundError:
+        return False  # removed meanwhile: the instance has ended
 
 
 def _remove_cgroup(instance: Instance) -> None:

@@ -20,7 +20,7 @@ cpus (and cpu_period)         cpu.max "quota period"          cpu.cfs_quota_us, 
 cpu_shares                    cpu.weight (OCI conversion)     cpu.shares
 cpuset_cpus, cpuset_mems      cpuset.cpus, cpuset.mems        cpuset.cpus, cpuset.mems
 blkio_weight                  io.bfq.weight, else io.weight   blkio.weight (blkio.bfq.weight)
-blkio_weight_device           io.bfq.weight / io.weight       blkio.weight_device
+blkio_weight_device           io.bfq.weight / io.weight       blkio.weight_device (bfq.)
 device_{read,write}_{bps,iops} io.max                         blkio.throttle.*_device
 pids_limit                    pids.max                        pids.max
 unified                       the files as given              (none: Unsupported)

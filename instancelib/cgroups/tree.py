@@ -52,8 +52,10 @@ TREE = "instancelib"
 # Resource controllers (cgroup v2 names) and their v1 counterparts.
 V1_NAMES = {"memory": ("memory",), "cpu": ("cpu", "cpuacct"), "cpuset": ("cpuset",),
             "io": ("blkio",), "pids": ("pids",)}
-# What an instance always gets where available: enough for stats, pause and kill.
-STATS_CONTROLLERS = ("memory", "cpu", "io", "pids")
+# What an instance always gets where available: enough for stats, pause and kill, and
+# cpuset, so that a start with CPU-set limits uses the same hierarchies as one without
+# (the fork-server's spare PID 1, born in a cgroup of those hierarchies, then fits both).
+ALWAYS_CONTROLLERS = ("memory", "cpu", "io", "pids", "cpuset")
 _REMOVE_WAIT = 2.0
 
 
@@ -296,6 +298,21 @@ class CgroupPlan:
     def bases(self) -> list[str]:
         return ([self.v2_base] if self.v2_base else []) + sorted(self.v1_bases.values())
 
+    def roots(self) -> list[str]:
+        """The mount points of the hierarchies holding the bases.
+
+        PID 1 opens them before it leaves the host's mount tree, so it can
+        still join a cgroup named later (its own ``/sys`` has no cgroup mounts).
+        """
+        hierarchies = detect()
+        mounts = [hierarchies.v2_mount, *hierarchies.v1_mounts.values()]
+        found: list[str] = []
+        for base in self.bases():
+            for mount in mounts:
+                if mount and base.startswith(mount + "/") and mount not in found:
+                    found.append(mount)
+        return found
+
     def info(self, leaf: str) -> CgroupInfo:
         """The cgroup these bases make with directories named ``leaf``."""
         v2 = os.path.join(self.v2_base, leaf) if self.v2_base else None
@@ -318,7 +335,7 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     hierarchies = detect()
     v2_base = _v2_base(hierarchies)
     needed = limits.controllers()
-    wanted = set(STATS_CONTROLLERS) | needed
+    wanted = set(ALWAYS_CONTROLLERS) | needed
     v2_controllers: set[str] = set()
     if v2_base is not None:
         try:
@@ -354,6 +371,9 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
                              controllers=choice, limits=limits)
     _prepare_bases(cgroup_plan, v2=False)  # v2: done above
+    # Every limit's file exists in the bases as in a child: refuse now what
+    # this kernel cannot enforce, before anything starts.
+    _settings(v2_base, v1_bases, choice, limits)
     _sweep_spares(cgroup_plan.bases())
     return cgroup_plan
 
@@ -365,6 +385,8 @@ def _prepare_bases(cgroup_plan: CgroupPlan, *, v2: bool = True) -> None:
                    hierarchies.v2_mount or "")
     for v1_name, base in cgroup_plan.v1_bases.items():
         v1.prepare_base(v1_name, base)
+        if v1_name == "blkio":
+            v1.enable_io_accounting(base)
 
 
 def adopt(cgroup_plan: CgroupPlan, spare_leaf: str | None) -> tuple[CgroupInfo, list[str]]:
@@ -461,23 +483,61 @@ def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchie
     return f"cannot enforce the {names} limits: {where}; {limits.to_dict()}"
 
 
-def _apply(info: CgroupInfo, limits: Limits) -> None:
-    """Write the limits into the cgroup's files; a file the kernel lacks is Unsupported."""
-    if info.v2 is not None and any(v == "v2" for v in info.controllers.values()):
-        v2_dir = info.v2
+_V1_ALTERNATIVES = {  # files older kernels had (CFQ), and the ones BFQ offers now
+    "blkio.weight": "blkio.bfq.weight",
+    "blkio.weight_device": "blkio.bfq.weight_device",
+}
+
+
+def _settings(v2_dir: str | None, v1_dirs: dict[str, str], controllers: dict[str, str],
+              limits: Limits) -> list[tuple[str, str, str, str | None]]:
+    """The files that enforce ``limits`` in these directories: (path, value, file, v1 name).
+
+    The directories are a cgroup's, or the bases' (the same files exist
+    there): checking the bases finds a limit this kernel cannot enforce
+    before anything starts.
+
+    Raises:
+        Unsupported: a file the kernel lacks (no CPU quota support, no swap
+            accounting, no weight file without a proportional I/O scheduler...).
+    """
+    out: list[tuple[str, str, str, str | None]] = []
+    if v2_dir is not None and any(v == "v2" for v in controllers.values()):
         for filename, value in limits.v2_files(
                 lambda f: os.path.exists(os.path.join(v2_dir, f))):
             controller = filename.partition(".")[0]
-            if info.controllers.get(controller, "v2") != "v2" and controller in V1_NAMES:
+            if controllers.get(controller, "v2") != "v2" and controller in V1_NAMES:
                 continue
-            _set(os.path.join(v2_dir, filename), value, filename)
-    v1_settings = [s for s in limits.v1_settings() if info.controllers.get(
-        _v2_name(s[0])) == "v1"] if any(v == "v1" for v in info.controllers.values()) else []
-    for controller, filename, value in v1_settings:
-        directory = info.v1.get(controller)
-        if directory is None:
-            raise Unsupported(f"cannot set {filename}: no {controller} cgroup v1 hierarchy")
-        v1.set_value(controller, directory, filename, value)
+            path = os.path.join(v2_dir, filename)
+            if not os.path.exists(path):
+                raise Unsupported(f"cannot set {filename}: this kernel's cgroup v2 has no "
+                                  "such file")
+            out.append((path, value, filename, None))
+    if any(v == "v1" for v in controllers.values()):
+        for controller, filename, value in limits.v1_settings():
+            if controllers.get(_v2_name(controller)) != "v1":
+                continue
+            directory = v1_dirs.get(controller)
+            if directory is None:
+                raise Unsupported(f"cannot set {filename}: no {controller} cgroup v1 hierarchy")
+            found = filename
+            if not os.path.exists(os.path.join(directory, filename)):
+                found = _V1_ALTERNATIVES.get(filename, filename)
+                if not os.path.exists(os.path.join(directory, found)):
+                    raise Unsupported(f"cannot set {filename}: this kernel's {controller} "
+                                      "cgroup (v1) has no such file")
+            out.append((os.path.join(directory, found), value, found, controller))
+    return out
+
+
+def _apply(info: CgroupInfo, limits: Limits) -> None:
+    """Write the limits into the cgroup's files; a file the kernel lacks is Unsupported."""
+    for path, value, filename, v1_controller in _settings(info.v2, info.v1, info.controllers,
+                                                          limits):
+        if v1_controller is None:
+            _set(path, value, filename)
+        else:
+            v1.set_value(v1_controller, os.path.dirname(path), filename, value)
 
 
 def _v2_name(v1_controller: str) -> str:
@@ -525,8 +585,16 @@ def live_info(pid: int, recorded: CgroupInfo | None) -> CgroupInfo | None:
 
 
 def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
-    """Freeze (or thaw) every process of the cgroup; returns once it is done."""
+    """Freeze (or thaw) every process of the cgroup; returns once it is done.
+
+    Nothing is written when the cgroup is already in that state (a write
+    takes the kernel's cgroup lock: milliseconds while other cgroups change).
+    """
     if info.v2 is not None:
+        want = "1" if frozen else "0"
+        if (_read(os.path.join(info.v2, "cgroup.freeze")).strip() == want
+                and f"frozen {want}" in _read(os.path.join(info.v2, "cgroup.events"))):
+            return
         _write(os.path.join(info.v2, "cgroup.freeze"), "1" if frozen else "0")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -16,7 +16,8 @@ from cgroupspy import controllers
 
 from instancelib.errors import InvalidArgument, PermissionDenied, Unsupported
 
-__all__ = ["controller", "freeze", "prepare_base", "read_int", "read_lines", "set_value"]
+__all__ = ["controller", "enable_io_accounting", "freeze", "prepare_base", "read_int",
+           "read_lines", "set_value"]
 
 _MODELLED = {
     "memory": controllers.MemoryController,
@@ -109,6 +110,37 @@ def prepare_base(name: str, base: str) -> None:
         ctrl.clone_children = True
 
 
+_io_accounting: list[str] = []
+
+
+def enable_io_accounting(base: str) -> None:
+    """Make the kernel count block I/O per v1 blkio cgroup.
+
+    cgroup v1 keeps ``blkio.throttle.io_service_bytes`` only on disks where
+    throttling is active, and it becomes active when any cgroup gets a
+    throttle setting for that disk.  A setting of 0 means "no limit", so
+    writing ``MAJ:MIN 0`` into our tree's top activates counting (for every
+    cgroup, as Docker's first ``--device-write-bps`` would) and limits
+    nothing.  Once per process and base; disks that refuse are skipped.
+    """
+    if base in _io_accounting:
+        return
+    _io_accounting.append(base)
+    target = os.path.join(base, "blkio.throttle.read_bps_device")
+    try:
+        disks = os.listdir("/sys/block")
+    except OSError:
+        return
+    for disk in disks:
+        try:
+            with open(f"/sys/block/{disk}/dev") as f:
+                number = f.read().strip()
+            with open(target, "w") as f:
+                f.write(f"{number} 0")
+        except OSError:
+            continue  # no queue for throttling (e.g. an empty zram device)
+
+
 def read_int(directory: str, filename: str) -> int | None:
     """An integer file's value (None when absent or unreadable)."""
     try:
@@ -130,6 +162,9 @@ def freeze(directory: str, frozen: bool, *, timeout: float = 5.0) -> None:
     """Freeze or thaw a v1 freezer cgroup and wait until the state is reached."""
     state = "FROZEN" if frozen else "THAWED"
     path = os.path.join(directory, "freezer.state")
+    with open(path) as f:
+        if f.read().strip() == state:
+            return  # already there: no write (it takes the kernel's cgroup lock)
     with open(path, "w") as f:
         f.write(state)
     deadline = time.monotonic() + timeout

@@ -88,8 +88,13 @@ class _Spare:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    def discard(self) -> None:
-        """End an unused spare (it sees EOF and exits) and remove its cgroup after it."""
+    def discard(self, *, remove_tops: bool = False) -> None:
+        """End an unused spare (it sees EOF and exits) and remove its cgroup after it.
+
+        With ``remove_tops`` (the server is ending) our tree's top directories
+        go too when empty; not otherwise, as a caller may have just made them
+        for the start being served.
+        """
         if not self.pid and self.error is None:
             self.receive_report()  # still being made: learn its PID and cgroup first
         self.sock.close()
@@ -100,7 +105,7 @@ class _Spare:
             self.pidfd = -1
         if self.cgroup_leaf:
             _remove_cgroups([os.path.join(base, self.cgroup_leaf) for base in self.cgroup_bases])
-            for base in self.cgroup_bases:
+            for base in self.cgroup_bases if remove_tops else ():
                 with contextlib.suppress(OSError):
                     os.rmdir(base)  # the tree's top, if nothing else is in it
 
@@ -119,7 +124,7 @@ class _Server:
             self._serve()
         finally:
             if self.spare is not None:
-                self.spare.discard()
+                self.spare.discard(remove_tops=True)
                 self.spare = None
 
     def _serve(self) -> None:

@@ -84,11 +84,15 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):
                 os.write(err_fd, f"instancelib: {plan['note']}\n".encode())
+            # The host's cgroup mounts, opened while they are still in view.
+            roots = _open_cgroup_roots(plan.get("cgroup_roots") or ())
             report = container.setup_container(plan)
             if plan.get("cgroup_wait"):
                 # Nothing of the image runs (env scripts, service) before the
                 # caller has named our cgroup and written its limits.
-                _await_cgroup(channel)
+                _await_cgroup(channel, roots)
+            for fd in roots.values():
+                os.close(fd)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
@@ -117,20 +121,43 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
     _supervise(wakeup, channel, service, set(report["helpers"]))
 
 
-def _await_cgroup(channel: socket.socket) -> None:
+def _open_cgroup_roots(paths: Any) -> dict[str, int]:
+    roots: dict[str, int] = {}
+    for path in paths:
+        try:
+            roots[path] = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            for fd in roots.values():
+                os.close(fd)
+            raise container.SetupError("open the cgroup hierarchies", err.strerror or str(err),
+                                       errno=err.errno, path=path) from err
+    return roots
+
+
+def _await_cgroup(channel: socket.socket, roots: dict[str, int]) -> None:
     message, fds = wire.recv_message(channel)
     for fd in fds:
         os.close(fd)
     if message is None or message.get("event") != "cgroup":
         os._exit(1)  # the caller gave up (or is gone) before the instance ran anything
-    join_cgroups(message.get("procs") or ())
+    join_cgroups(message.get("procs") or (), roots)
 
 
-def join_cgroups(procs_files: Any) -> None:
-    """Move the calling process into cgroups (each a ``cgroup.procs`` file)."""
+def join_cgroups(procs_files: Any, roots: dict[str, int] | None = None) -> None:
+    """Move the calling process into cgroups (each a ``cgroup.procs`` file).
+
+    ``roots`` maps hierarchy mount points to directory descriptors opened
+    earlier: a path under one is opened relative to it (after pivot_root the
+    mount point is no longer in view).
+    """
     for path in procs_files:
+        root_fd, relative = None, path
+        for mount, fd in (roots or {}).items():
+            if path.startswith(mount + "/"):
+                root_fd, relative = fd, path[len(mount) + 1:]
+                break
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(relative, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root_fd)
             try:
                 os.write(fd, b"0")
             finally:

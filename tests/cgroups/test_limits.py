@@ -19,7 +19,7 @@ def test_sizes(text, expected):
 
 @pytest.mark.parametrize("bad", ["", "abc", "-5M", "1.3", "12X", "1.0000001K", True, -3, [1]])
 def test_bad_sizes_name_the_field(bad):
-    with pytest.raises(InvalidArgument, match="^memory_reservation: ") as caught:
+    with pytest.raises(InvalidArgument, match=r"^memory_reservation: ") as caught:
         Limits(memory_reservation=bad)
     assert isinstance(caught.value, ValueError)
 

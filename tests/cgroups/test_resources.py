@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from instancelib import CgroupInfo, Instance, Limits, Stats, Unsupported
+from instancelib import CgroupInfo, Limits, Stats, Unsupported
 from instancelib.cgroups import tree
-from instancelib.errors import InvalidArgument
+from instancelib.cgroups.limits import blkio_to_io_weight
+from instancelib.errors import ExecError, InvalidArgument
 from instancelib.linux.userns import has_host_root
 from tests.helpers import instance_processes, our_cgroups, wait_for
 
@@ -76,6 +77,85 @@ def test_an_instance_runs_in_its_cgroup(make_image, start):
     directories = set(info.v1.values()) | ({info.v2} if info.v2 else set())
     instance.stop()
     assert not any(os.path.exists(d) for d in directories)
+
+
+@pytest.mark.skipif(not HAS_CGROUP, reason="no cgroup for this user: nothing to join")
+def test_pid1_joins_a_cgroup_named_after_it_left_the_host_mounts(make_image, start, monkeypatch):
+    # The spare PID 1 is normally born in its cgroup; when it was not (our
+    # tree's top vanished meanwhile), PID 1 joins the cgroup the caller names
+    # after it has pivoted into the image, through descriptors of the host's
+    # cgroup mounts opened before.  Force that path: adopt ignores the spare's.
+    spare_dirs: list[str] = []
+    real_adopt = tree.adopt
+
+    def adopt_without_spare(cgroup_plan, spare_leaf):
+        if spare_leaf:
+            spare_dirs.extend(cgroup_plan.info(spare_leaf).v1.values())
+            spare_dirs.extend([cgroup_plan.info(spare_leaf).v2 or ""])
+        return real_adopt(cgroup_plan, None)
+
+    monkeypatch.setattr(tree, "adopt", adopt_without_spare)
+    try:
+        instance = start(make_image(startscript=IDLE), "late", limits=Limits(pids_limit=64))
+        info = instance.cgroup
+        assert info is not None and f".{os.getpid()}." in info.name  # the caller's, not a spare's
+        assert f":{info.name}\n" in Path(f"/proc/{instance.pid}/cgroup").read_text()
+        service = instance.exec(["cat", "/proc/1/task/1/children"]).stdout.split()
+        assert service, "the service runs"
+        assert f":{info.name}\n" in instance.exec(["cat", f"/proc/{service[0]}/cgroup"]).stdout
+        assert Path(info.directory("pids") or "", "pids.max").read_text().strip() == "64"
+        instance.stop()
+    finally:
+        for directory in spare_dirs:  # the spare's own cgroup, left empty by the move
+            if directory and os.path.isdir(directory):
+                wait_for(lambda d=directory: _rmdir(d))
+
+
+def _rmdir(directory: str) -> bool:
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not HAS_CGROUP, reason="no cgroup for this user: limits are refused")
+def test_limits_land_in_the_files_apptainer_writes(make_image, start):
+    limits = Limits(memory="64M", memory_reservation="32M", cpus=0.5, cpu_shares=512,
+                    pids_limit=77, blkio_weight=300)
+    instance = start(make_image(startscript=IDLE), "mapped", limits=limits)
+    info = instance.cgroup
+    assert info is not None
+
+    def read(controller: str, *names: str) -> str:
+        directory = info.directory(controller)
+        assert directory is not None
+        for filename in names:
+            path = Path(directory, filename)
+            if path.exists():
+                return path.read_text().strip()
+        raise AssertionError(f"none of {names} in {directory}")
+
+    if info.controllers["memory"] == "v2":
+        assert read("memory", "memory.max") == str(64 << 20)
+        assert read("memory", "memory.low") == str(32 << 20)
+    else:
+        assert read("memory", "memory.limit_in_bytes") == str(64 << 20)
+        assert read("memory", "memory.soft_limit_in_bytes") == str(32 << 20)
+    if info.controllers["cpu"] == "v2":
+        assert read("cpu", "cpu.max") == "50000 100000"
+        assert read("cpu", "cpu.weight") == str(1 + (512 - 2) * 9999 // 262142)  # 20
+    else:
+        assert read("cpu", "cpu.cfs_quota_us") == "50000"
+        assert read("cpu", "cpu.cfs_period_us") == "100000"
+        assert read("cpu", "cpu.shares") == "512"
+    assert read("pids", "pids.max") == "77"
+    weight = read("io", "io.bfq.weight", "io.weight", "blkio.weight", "blkio.bfq.weight")
+    # io.weight is scaled 10..1000 -> 1..10000 (OCI's conversion); the others keep 300.
+    assert weight.split()[-1] in ("300", str(blkio_to_io_weight(300))), weight
+    instance.stop()
 
 
 def test_a_memory_limit_kills_the_hog_not_the_instance(make_image, start, registry):
@@ -159,6 +239,8 @@ def test_pause_and_resume(make_image, start, tmp_path):
     frozen_at = tick.read_text()
     time.sleep(0.3)
     assert tick.read_text() == frozen_at  # nothing ran
+    with pytest.raises(ExecError, match="paused"):  # it would hang in the frozen cgroup
+        instance.exec(["true"])
     instance.resume()
     assert not instance.paused
     wait_for(lambda: tick.read_text() != frozen_at)
@@ -244,7 +326,7 @@ def test_a_value_the_kernel_refuses_leaves_nothing(make_image, start, registry):
         with pytest.raises(Unsupported):
             start(make_image(), "refused", limits=limits)
     else:
-        with pytest.raises(InvalidArgument, match="cpuset.cpus"):
+        with pytest.raises(InvalidArgument, match=r"cpuset\.cpus"):
             start(make_image(), "refused", limits=limits)
     _nothing_left(registry, "refused", before)
     wait_for(lambda: our_cgroups(spares=False) == before_cgroups)
