@@ -185,7 +185,9 @@ def test_another_user_is_refused_by_the_cli(shared, secret):
     assert cli_as(USER_B, shared, "instance", "list").stdout.count("\n") == 1  # header only
     for args in (("exec", "instance://secret", "true"), ("run", "instance://secret"),
                  ("instance", "stop", "secret"), ("instance", "list", "-u", USER_A),
-                 ("instance", "stop", "-u", USER_A, "--all")):
+                 ("instance", "stop", "-u", USER_A, "--all"),
+                 ("instance", "stats", "--no-stream", "secret"),
+                 ("instance", "stats", "--no-stream", "-u", USER_A, "secret")):
         result = cli_as(USER_B, shared, *args)
         assert result.returncode == 255, (args, result.stdout, result.stderr)
         assert result.stderr.startswith("FATAL:"), args
@@ -204,6 +206,15 @@ def test_root_acts_on_a_users_instances_only_when_asked(shared, secret, tmp_path
     listed = subprocess.run(["python3", "-m", "instancelib", "instance", "list", "-u", USER_A],
                             capture_output=True, text=True, env=env, check=False, timeout=60)
     assert "secret" in listed.stdout and str(secret["pid"]) in listed.stdout
+    stats = subprocess.run(["python3", "-m", "instancelib", "instance", "stats", "--no-stream",
+                            "--json", "-u", USER_A, "secret"], capture_output=True, text=True,
+                           env=env, check=False, timeout=60)
+    assert stats.returncode == 0, stats.stderr
+    reading = json.loads(stats.stdout)
+    # Without a delegated subtree (as here) the user's instance has no cgroup: the figures
+    # come from its processes; with one, from its cgroup v2.
+    assert reading["name"] == "secret" and reading["pids"] >= 2
+    assert reading["source"] in ("processes", "cgroup v2")
     stopped = subprocess.run(["python3", "-m", "instancelib", "instance", "stop", "-u", USER_A,
                               "secret"], capture_output=True, text=True, env=env, check=False,
                              timeout=60)

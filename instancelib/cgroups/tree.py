@@ -472,13 +472,22 @@ def _relative(directory: str, hierarchies: Hierarchies) -> str:
 
 def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchies,
                      v2_base: str | None) -> str:
+    v2_offers = "none"
+    if v2_base is not None:
+        with contextlib.suppress(OSError):
+            v2_offers = _read(os.path.join(os.path.dirname(v2_base),
+                                           "cgroup.controllers")).strip() or "none"
     if not has_host_root() and v2_base is None:
         where = ("this user has no cgroup v2 subtree of their own (systemd's user manager "
                  "delegates one); cgroup v1 is root's")
+    elif not has_host_root():
+        where = (f"this user's delegated cgroup v2 subtree ({os.path.dirname(v2_base or '')}) "
+                 f"offers only: {v2_offers}; cgroup v1 is root's")
     else:
         offered = sorted(hierarchies.v1_mounts)
-        where = (f"no cgroup hierarchy here offers them (v2 at {hierarchies.v2_mount or 'none'}"
-                 f"{': ' + v2_base if v2_base else ''}; v1: {', '.join(offered) or 'none'})")
+        where = (f"no cgroup hierarchy here offers them (cgroup v2 at "
+                 f"{hierarchies.v2_mount or 'none'} offers: {v2_offers}; cgroup v1 "
+                 f"hierarchies: {', '.join(offered) or 'none'})")
     names = ", ".join(missing)
     return f"cannot enforce the {names} limits: {where}; {limits.to_dict()}"
 
