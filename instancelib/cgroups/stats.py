@@ -186,23 +186,20 @@ def sample(name: str, pid: int, info: CgroupInfo | None, previous: Sample | None
     return stats, current
 
 
-def format_binary(size: float) -> str:
-    """Bytes as docker prints memory: ``3.27MiB`` (4 significant digits, binary units)."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+def _scaled(size: float, step: float, units: tuple[str, ...], digits: int) -> str:
     value = float(size)
     index = 0
-    while value >= 1024.0 and index < len(units) - 1:
-        value /= 1024.0
+    while value >= step and index < len(units) - 1:
+        value /= step
         index += 1
-    return f"{value:.4g}{units[index]}"
+    return f"{value:.{digits}g}{units[index]}"
+
+
+def format_binary(size: float) -> str:
+    """Bytes as docker prints memory: ``3.27MiB`` (4 significant digits, binary units)."""
+    return _scaled(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"), 4)
 
 
 def format_decimal(size: float) -> str:
     """Bytes as docker prints block I/O: ``16.4kB`` (3 significant digits, SI units)."""
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    value = float(size)
-    index = 0
-    while value >= 1000.0 and index < len(units) - 1:
-        value /= 1000.0
-        index += 1
-    return f"{value:.3g}{units[index]}"
+    return _scaled(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB"), 3)
