@@ -30,15 +30,14 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from instancelib.cgroups import v1
+from instancelib.cgroups import v1, v2
 from instancelib.cgroups.limits import Limits
-from instancelib.errors import InvalidArgument, PermissionDenied, Unsupported
+from instancelib.errors import Unsupported
 from instancelib.linux.userns import has_host_root
 
 __all__ = [
@@ -190,32 +189,8 @@ def _v2_base(hierarchies: Hierarchies) -> str | None:
     if has_host_root():
         parent = "machine.slice" if _systemd_host() else ""
         return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
-    delegated = _delegated_root(mount)
+    delegated = v2.delegated_root(mount)
     return os.path.join(delegated, TREE) if delegated else None
-
-
-def _delegated_root(mount: str) -> str | None:
-    """The top of the v2 subtree delegated to this user (owned by them), if any."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
-    except OSError:
-        return None
-    if not own:
-        return None
-    uid = os.geteuid()
-    current = os.path.normpath(mount + own)
-    top = None
-    while current.startswith(mount) and current != mount:
-        try:
-            info = os.stat(current)
-        except OSError:
-            break
-        if info.st_uid != uid or not os.access(os.path.join(current, "cgroup.procs"), os.W_OK):
-            break
-        top = current
-        current = os.path.dirname(current)
-    return top
 
 
 def _v1_base(hierarchies: Hierarchies, controller: str) -> str | None:
@@ -224,55 +199,6 @@ def _v1_base(hierarchies: Hierarchies, controller: str) -> str | None:
         return None
     parent = "machine.slice" if _systemd_host() else ""
     return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
-
-
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
-def _v2_available(base: str) -> set[str]:
-    """Controllers the v2 tree can give its children (after enabling them on the way down)."""
-    try:
-        return set(_read(os.path.join(os.path.dirname(base), "cgroup.controllers")).split())
-    except OSError:
-        return set()
-
-
-def _enable_v2(base: str, wanted: Iterable[str], mount: str) -> set[str]:
-    """Make ``base`` (and its parents up to the mount) pass ``wanted`` controllers down."""
-    os.makedirs(base, exist_ok=True)
-    chain = []
-    current = base
-    while current != mount and current.startswith(mount):
-        chain.append(current)
-        current = os.path.dirname(current)
-    chain.append(mount)
-    enabled: set[str] = set(wanted)
-    for directory in reversed(chain):
-        try:
-            available = set(_read(os.path.join(directory, "cgroup.controllers")).split())
-            active = set(_read(os.path.join(directory, "cgroup.subtree_control")).split())
-        except OSError:
-            return set()
-        enabled &= available
-        missing = enabled - active
-        if missing:
-            try:
-                _write(os.path.join(directory, "cgroup.subtree_control"),
-                       " ".join(f"+{c}" for c in sorted(missing)))
-            except OSError as err:
-                log.debug("cannot enable %s in %s: %s", missing, directory, err.strerror)
-                enabled -= missing
-    return enabled
 
 
 # -- making an instance's cgroup ---------------------------------------------------------------
@@ -339,7 +265,7 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     v2_controllers: set[str] = set()
     if v2_base is not None:
         try:
-            v2_controllers = _enable_v2(v2_base, wanted, hierarchies.v2_mount or "")
+            v2_controllers = v2.enable_controllers(v2_base, wanted, hierarchies.v2_mount or "")
         except OSError as err:
             log.debug("no cgroup v2 tree at %s: %s", v2_base, err.strerror)
             v2_base = None
@@ -370,7 +296,7 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     leaf = f"i.{os.geteuid()}.{os.getpid()}.{secrets.token_hex(3)}"
     cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
                              controllers=choice, limits=limits)
-    _prepare_bases(cgroup_plan, v2=False)  # v2: done above
+    _prepare_bases(cgroup_plan, with_v2=False)  # v2: done above
     # Every limit's file exists in the bases as in a child: refuse now what
     # this kernel cannot enforce, before anything starts.
     _settings(v2_base, v1_bases, choice, limits)
@@ -378,11 +304,11 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     return cgroup_plan
 
 
-def _prepare_bases(cgroup_plan: CgroupPlan, *, v2: bool = True) -> None:
+def _prepare_bases(cgroup_plan: CgroupPlan, *, with_v2: bool = True) -> None:
     hierarchies = detect()
-    if v2 and cgroup_plan.v2_base is not None:
-        _enable_v2(cgroup_plan.v2_base, set(cgroup_plan.controllers),
-                   hierarchies.v2_mount or "")
+    if with_v2 and cgroup_plan.v2_base is not None:
+        v2.enable_controllers(cgroup_plan.v2_base, set(cgroup_plan.controllers),
+                              hierarchies.v2_mount or "")
     for v1_name, base in cgroup_plan.v1_bases.items():
         v1.prepare_base(v1_name, base)
         if v1_name == "blkio":
@@ -475,7 +401,7 @@ def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchie
     v2_offers = "none"
     if v2_base is not None:
         with contextlib.suppress(OSError):
-            v2_offers = _read(os.path.join(os.path.dirname(v2_base),
+            v2_offers = v2.read(os.path.join(os.path.dirname(v2_base),
                                            "cgroup.controllers")).strip() or "none"
     if not has_host_root() and v2_base is None:
         where = ("this user has no cgroup v2 subtree of their own (systemd's user manager "
@@ -544,7 +470,7 @@ def _apply(info: CgroupInfo, limits: Limits) -> None:
     for path, value, filename, v1_controller in _settings(info.v2, info.v1, info.controllers,
                                                           limits):
         if v1_controller is None:
-            _set(path, value, filename)
+            v2.set_value(path, value, filename)
         else:
             v1.set_value(v1_controller, os.path.dirname(path), filename, value)
 
@@ -554,21 +480,6 @@ def _v2_name(v1_controller: str) -> str:
         if v1_controller in v1_names:
             return name
     return v1_controller
-
-
-def _set(path: str, value: str, filename: str) -> None:
-    if not os.path.exists(path):
-        raise Unsupported(f"cannot set {filename}: this kernel's cgroup has no such file")
-    try:
-        _write(path, value)
-    except OSError as err:
-        if err.errno in (errno.EINVAL, errno.ERANGE, errno.EOVERFLOW):
-            raise InvalidArgument(f"the kernel refused {filename} = {value!r} "
-                                  f"({err.strerror})") from err
-        if err.errno in (errno.EACCES, errno.EPERM):
-            raise PermissionDenied(f"cannot set {filename}", path=path,
-                                   errno=err.errno) from err
-        raise Unsupported(f"cannot set {filename} = {value!r}: {err.strerror}") from err
 
 
 # -- a running instance's cgroup -----------------------------------------------------------------
@@ -596,22 +507,11 @@ def live_info(pid: int, recorded: CgroupInfo | None) -> CgroupInfo | None:
 def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
     """Freeze (or thaw) every process of the cgroup; returns once it is done.
 
-    Nothing is written when the cgroup is already in that state (a write
-    takes the kernel's cgroup lock: milliseconds while other cgroups change).
+    Nothing is written when it is already in that state (see ``v2.freeze``).
     """
     if info.v2 is not None:
-        want = "1" if frozen else "0"
-        if (_read(os.path.join(info.v2, "cgroup.freeze")).strip() == want
-                and f"frozen {want}" in _read(os.path.join(info.v2, "cgroup.events"))):
-            return
-        _write(os.path.join(info.v2, "cgroup.freeze"), "1" if frozen else "0")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            events = _read(os.path.join(info.v2, "cgroup.events"))
-            if f"frozen {1 if frozen else 0}" in events:
-                return
-            time.sleep(0.001)
-        raise TimeoutError("the cgroup did not finish freezing")
+        v2.freeze(info.v2, frozen, timeout=timeout)
+        return
     directory = info.v1.get("freezer")
     if directory is None:
         raise Unsupported("pausing needs a freezer: cgroup v2, or the v1 freezer hierarchy")
@@ -620,9 +520,7 @@ def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
 
 def kill(info: CgroupInfo) -> None:
     """SIGKILL every process in the cgroup (v2 ``cgroup.kill``; v1: freeze, kill, thaw)."""
-    if info.v2 is not None and os.path.exists(os.path.join(info.v2, "cgroup.kill")):
-        with contextlib.suppress(FileNotFoundError):
-            _write(os.path.join(info.v2, "cgroup.kill"), "1")
+    if info.v2 is not None and v2.kill(info.v2):
         return
     directory = info.v1.get("freezer") or next(iter(info.v1.values()), None)
     if directory is None:
@@ -643,7 +541,7 @@ def kill(info: CgroupInfo) -> None:
 
 def _procs(directory: str) -> list[int]:
     try:
-        return [int(line) for line in _read(os.path.join(directory, "cgroup.procs")).split()]
+        return [int(line) for line in v2.read(os.path.join(directory, "cgroup.procs")).split()]
     except OSError:
         return []
 
@@ -651,10 +549,7 @@ def _procs(directory: str) -> list[int]:
 def populated(info: CgroupInfo) -> bool:
     """Whether any process is still in the cgroup."""
     if info.v2 is not None:
-        try:
-            return "populated 1" in _read(os.path.join(info.v2, "cgroup.events"))
-        except OSError:
-            return False
+        return v2.populated(info.v2)
     return any(_procs(d) for d in info.v1.values())
 
 
