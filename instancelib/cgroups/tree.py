@@ -105,8 +105,8 @@ class CgroupInfo:
 
     Attributes:
         name: the instance's cgroup, relative to each hierarchy's root
-            (``/instancelib/i.0.4242.1f3a9c``: the user, the process that made it, a
-    random part; the instance's name is in the registry's record).
+            (``/instancelib/i.0.4242.1f3a9c``: the user, the process that made
+            it, a random part; the instance's name is in the registry's record).
         v2: its directory in the cgroup v2 hierarchy, if it has one
             (``cgroup.freeze``, ``cgroup.kill``, and the controllers served by v2).
         v1: its directories in cgroup v1 hierarchies, by v1 controller.

@@ -29,8 +29,12 @@ def read(path: str) -> str:
 
 
 def write(path: str, value: str) -> None:
-    """One write(2) of ``value`` (cgroup files take a whole value per write)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    """One write(2) of ``value`` (cgroup files take a whole value per write).
+
+    O_TRUNC as a shell's ``>`` (the kernel ignores it; a plain file then holds
+    just the value).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     try:
         os.write(fd, value.encode())
     finally:
