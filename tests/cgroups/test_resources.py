@@ -394,3 +394,37 @@ def test_cli_limits_and_stats(make_image, registry, tmp_path):
         assert bad.returncode == 255 and "cpus" in bad.stderr
     finally:
         cli("instance", "stop", "--all")
+
+
+def test_cli_stats_streams_until_the_instance_ends_or_ctrl_c(make_image, start, registry):
+    instance = start(make_image(startscript=IDLE), "streamed")
+    env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
+    argv = [sys.executable, "-m", "instancelib", "instance", "stats", "--json", "--interval",
+            "0.1", "streamed"]
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(3)]
+            assert [json.loads(line)["name"] for line in lines] == ["streamed"] * 3
+            instance.stop()
+            _, err = proc.communicate(timeout=60)  # the stream ends with the instance
+            assert proc.returncode == 0, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    second = start(make_image(startscript=IDLE), "interrupted")
+    argv[-1] = "interrupted"
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert json.loads(proc.stdout.readline())["name"] == "interrupted"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 130 and "Traceback" not in err, err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert second.is_running()  # Ctrl-C ends the watching, not the instance
+    second.stop()
