@@ -9,6 +9,7 @@ test asserts what the host it runs on must do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -428,3 +429,36 @@ def test_cli_stats_streams_until_the_instance_ends_or_ctrl_c(make_image, start, 
                 proc.kill()
     assert second.is_running()  # Ctrl-C ends the watching, not the instance
     second.stop()
+
+
+def test_cgroups_left_by_a_dead_caller_are_swept(make_image, start, monkeypatch):
+    # A caller (or its fork-server) killed between making a cgroup and recording the
+    # instance leaves an empty cgroup named after its PID; the next plan removes it.
+    instance = start(make_image(startscript=IDLE), "sweeper")
+    info = instance.cgroup
+    if info is None:  # no cgroup for this user: nothing to sweep
+        assert not HAS_CGROUP
+        return
+    gone = _a_dead_pid()
+    bases = {os.path.dirname(d) for d in [*info.v1.values(), info.v2] if d}
+    stale = [os.path.join(base, f"i.{os.geteuid()}.{gone}.5ca1ed") for base in bases]
+    alive = [os.path.join(base, f"i.{os.geteuid()}.{os.getpid()}.a11ve0") for base in bases]
+    try:
+        for directory in stale + alive:
+            os.mkdir(directory)
+        monkeypatch.setattr(tree, "_swept", [])  # as if a minute had passed
+        tree.plan("next", None)
+        assert not any(os.path.exists(d) for d in stale)
+        assert all(os.path.isdir(d) for d in alive)  # its maker is alive: kept
+    finally:
+        for directory in stale + alive:
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(directory)
+    instance.stop()
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert not os.path.exists(f"/proc/{child.pid}")
+    return child.pid
