@@ -462,3 +462,44 @@ def _a_dead_pid() -> int:
     child.wait()
     assert not os.path.exists(f"/proc/{child.pid}")
     return child.pid
+
+
+def test_a_pure_v1_host_pauses_and_kills_through_the_freezer(make_image, start, monkeypatch,
+                                                            tmp_path, registry):
+    hierarchies = tree.detect()
+    if not {"freezer", "memory", "pids"} <= set(hierarchies.v1_mounts):
+        pytest.skip("the kernel has no cgroup v1 freezer, memory and pids hierarchies here")
+    # As on a host without a cgroup2 mount: everything on v1, the freezer to pause and kill.
+    monkeypatch.setattr(tree, "_v2_base", lambda _hierarchies: None)
+    if not has_host_root():  # cgroup v1 is root's: an ordinary user's limits are refused
+        before = instance_processes()
+        with pytest.raises(Unsupported, match="cgroup v1 is root's"):
+            start(make_image(), "v1only", limits=Limits(pids_limit=30))
+        _nothing_left(registry, "v1only", before)
+        return
+    ticker = "#!/bin/sh\nwhile :; do date +%s%N > /tmp/tick; sleep 0.02; done\n"
+    instance = start(make_image(startscript=ticker), "v1only", binds=[f"{tmp_path}:/tmp"],
+                     limits=Limits(pids_limit=30, memory="64M"))
+    info = instance.cgroup
+    assert info is not None and info.v2 is None and info.version == "v1"
+    assert "freezer" in info.v1 and set(info.controllers.values()) == {"v1"}
+    assert instance.stats().source == "cgroup v1"
+    tick = tmp_path / "tick"
+    wait_for(tick.exists)
+    instance.pause()
+    assert Path(info.v1["freezer"], "freezer.state").read_text().strip() == "FROZEN"
+    frozen_at = tick.read_text()
+    time.sleep(0.3)
+    assert tick.read_text() == frozen_at and instance.paused
+    instance.resume()
+    wait_for(lambda: tick.read_text() != frozen_at)
+    escaped = subprocess.Popen(["sleep", "1000"])
+    try:
+        Path(info.v1["freezer"], "cgroup.procs").write_text(str(escaped.pid))
+        instance.stop(timeout=5)
+        assert escaped.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if escaped.poll() is None:
+            escaped.kill()
+            escaped.wait()
+    assert not any(os.path.exists(d) for d in info.v1.values())
