@@ -87,6 +87,18 @@ def our_cgroups(*, spares: bool = True) -> set[str]:
     return found
 
 
+def our_cgroup_tops() -> set[str]:
+    """instancelib's tree tops (``.../instancelib``) in every hierarchy."""
+    found = set()
+    for top in ("/sys/fs/cgroup", *(f"/sys/fs/cgroup/{d}" for d in os.listdir("/sys/fs/cgroup")
+                                    if os.path.isdir(f"/sys/fs/cgroup/{d}"))):
+        for base in (os.path.join(top, "instancelib"),
+                     os.path.join(top, "machine.slice", "instancelib")):
+            if os.path.isdir(base):
+                found.add(base)
+    return found
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

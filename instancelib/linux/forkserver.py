@@ -33,6 +33,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from instancelib.linux import syscalls, wire
@@ -88,12 +89,11 @@ class _Spare:
             os.close(self.pidfd)
             self.pidfd = -1
 
-    def discard(self, *, remove_tops: bool = False) -> None:
+    def discard(self, *, keep_tops: Sequence[str] = ()) -> None:
         """End an unused spare (it sees EOF and exits) and remove its cgroup after it.
 
-        With ``remove_tops`` (the server is ending) our tree's top directories
-        go too when empty; not otherwise, as a caller may have just made them
-        for the start being served.
+        Our tree's top directories go too when empty, except ``keep_tops``:
+        the bases of the start being served, which its caller has just made.
         """
         if not self.pid and self.error is None:
             self.receive_report()  # still being made: learn its PID and cgroup first
@@ -105,7 +105,9 @@ class _Spare:
             self.pidfd = -1
         if self.cgroup_leaf:
             _remove_cgroups([os.path.join(base, self.cgroup_leaf) for base in self.cgroup_bases])
-            for base in self.cgroup_bases if remove_tops else ():
+            for base in self.cgroup_bases:
+                if base in keep_tops:
+                    continue
                 with contextlib.suppress(OSError):
                     os.rmdir(base)  # the tree's top, if nothing else is in it
 
@@ -124,7 +126,7 @@ class _Server:
             self._serve()
         finally:
             if self.spare is not None:
-                self.spare.discard(remove_tops=True)
+                self.spare.discard()
                 self.spare = None
 
     def _serve(self) -> None:
@@ -202,7 +204,7 @@ class _Server:
             try:
                 wire.send_message(spare.sock, {"plan": plan}, fds)
             except OSError:
-                spare.discard()
+                spare.discard(keep_tops=bases)
                 continue  # the spare died (killed from outside): make another
             pidfd, spare.pidfd = spare.pidfd, -1
             spare.close()
@@ -215,7 +217,7 @@ class _Server:
         if spare is not None and (spare.flavour, spare.cgroup_bases) != (flavour, cgroup_bases):
             with contextlib.suppress(KeyError):
                 self.poller.unregister(spare.sock.fileno())
-            spare.discard()
+            spare.discard(keep_tops=cgroup_bases)
             spare = None
         if spare is None:
             spare = self.make_spare(flavour, cgroup_bases)

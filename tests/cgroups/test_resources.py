@@ -26,7 +26,7 @@ from instancelib.cgroups import tree
 from instancelib.cgroups.limits import blkio_to_io_weight
 from instancelib.errors import ExecError, InvalidArgument
 from instancelib.linux.userns import has_host_root
-from tests.helpers import instance_processes, our_cgroups, wait_for
+from tests.helpers import instance_processes, our_cgroup_tops, our_cgroups, wait_for
 
 pytestmark = pytest.mark.cgroups
 
@@ -503,3 +503,24 @@ def test_a_pure_v1_host_pauses_and_kills_through_the_freezer(make_image, start, 
             escaped.kill()
             escaped.wait()
     assert not any(os.path.exists(d) for d in info.v1.values())
+
+
+def test_a_caller_that_changed_hierarchies_leaves_no_tree_top(make_image, registry):
+    # A process whose starts used other hierarchies (here: a pure v1 layout, then the
+    # host's) leaves no empty tree top behind once it and its fork-server are gone.
+    image = make_image(startscript=IDLE)
+    before = our_cgroup_tops()
+    code = f"""
+from instancelib import Image, Instance, InstanceRegistry
+from instancelib.cgroups import tree
+registry = InstanceRegistry({str(registry.root)!r})
+real = tree._v2_base
+tree._v2_base = lambda hierarchies: None
+Instance.start(Image({image.path!r}), "first", registry=registry).stop()
+tree._v2_base = real
+Instance.start(Image({image.path!r}), "second", registry=registry).stop()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: our_cgroup_tops() <= before, timeout=10)
