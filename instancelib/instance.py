@@ -183,6 +183,8 @@ class Instance(metaclass=_NoPublicConstructor):
             image = Image(image)
         bind_list = parse_binds(binds)
         probe = as_probe(ready) if ready is not None else None
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidArgument(f"limits must be a Limits object (got {limits!r})")
         registry = registry if registry is not None else InstanceRegistry()
         if registry.owner_uid != os.geteuid():
             raise PermissionDenied("instances are started in your own registry, not in UID "
@@ -199,8 +201,6 @@ class Instance(metaclass=_NoPublicConstructor):
         assert me is not None
         claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
                                owner_starttime=me.starttime, uid=os.geteuid())
-        if limits is not None and not isinstance(limits, Limits):
-            raise InvalidArgument(f"limits must be a Limits object (got {limits!r})")
         registry.claim(claim)
         written = [claim]
         with contextlib.ExitStack() as on_failure:
@@ -312,10 +312,11 @@ class Instance(metaclass=_NoPublicConstructor):
         None when it has none (an ordinary user without a delegated cgroup v2
         subtree), or when the instance is not running.
         """
-        recorded = CgroupInfo.from_dict(self._record.cgroup)
-        if recorded is None or not self.is_running():
-            return None
-        return cgroup_tree.live_info(self.pid, recorded)
+        return self._live_cgroup() if self.is_running() else None
+
+    def _live_cgroup(self) -> CgroupInfo | None:
+        """The recorded cgroup if PID 1 (already checked to run) really is in it."""
+        return cgroup_tree.live_info(self.pid, CgroupInfo.from_dict(self._record.cgroup))
 
     @property
     def limits(self) -> Limits:
@@ -345,9 +346,9 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def _stats_now(self) -> Stats:
         self._check_owner()
-        cgroup = self.cgroup
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
+        cgroup = self._live_cgroup()
         # The first window starts when PID 1 did (boot time + its start time in ticks).
         started = int((psutil.boot_time() + self._record.starttime / _CLOCK_TICKS) * 1e9)
         try:
@@ -365,19 +366,11 @@ class Instance(metaclass=_NoPublicConstructor):
                 yield self._stats_now()
             except NotFound:
                 return
-            if self._wait_exit(interval):
-                return
-
-    def _wait_exit(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for PID 1 to exit; True if it has."""
-        try:
-            pidfd = self._pidfd()
-        except NotFound:
-            return True
-        try:
-            return procfs.wait_pidfd(pidfd, timeout)
-        finally:
-            os.close(pidfd)
+            try:
+                self.wait(interval)
+            except Timeout:
+                continue
+            return
 
     def pause(self) -> None:
         """Freeze every process of the instance (its cgroup's freezer).
@@ -394,9 +387,9 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def _freeze(self, frozen: bool) -> None:
         self._check_owner()
-        cgroup = self.cgroup
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
+        cgroup = self._live_cgroup()
         if cgroup is None:
             raise Unsupported("pausing needs the instance to have a cgroup (root's instances "
                               "have one; an ordinary user's need a delegated cgroup v2 "
@@ -413,7 +406,7 @@ class Instance(metaclass=_NoPublicConstructor):
     def paused(self) -> bool:
         """Whether the instance is frozen (``pause()``)."""
         cgroup = self.cgroup
-        return cgroup is not None and _frozen(cgroup)
+        return cgroup is not None and cgroup_tree.is_frozen(cgroup)
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
@@ -476,8 +469,8 @@ class Instance(metaclass=_NoPublicConstructor):
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
-        cgroup = self.cgroup
-        if cgroup is not None and _frozen(cgroup):
+        cgroup = self._live_cgroup()
+        if cgroup is not None and cgroup_tree.is_frozen(cgroup):
             # The command would join the frozen cgroup and hang there (docker refuses too).
             raise ExecError("the instance is paused: resume() it first", name=self.name)
         with _Stdio(stdin, stdout, stderr, text) as stdio:
@@ -692,7 +685,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
                 instance._forget()
                 continue
             pidfds.append((instance, pidfd))
-            cgroup = instance.cgroup
+            cgroup = instance._live_cgroup()  # the pidfd proved PID 1 alive
             if cgroup is not None:
                 cgroups[instance.name] = cgroup
                 if sig != signals.SIGKILL:
@@ -735,18 +728,6 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
             cgroup_tree.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
-
-
-def _frozen(cgroup: CgroupInfo) -> bool:
-    """Whether the cgroup is frozen or being frozen."""
-    try:
-        if cgroup.v2 is not None:
-            return Path(cgroup.v2, "cgroup.freeze").read_text().strip() == "1"
-        freezer = cgroup.v1.get("freezer")
-        return freezer is not None and \
-            Path(freezer, "freezer.state").read_text().strip() != "THAWED"
-    except FileNotFoundError:
-        return False  # removed meanwhile: the instance has ended
 
 
 def _remove_cgroup(instance: Instance) -> None:

@@ -41,7 +41,7 @@ from instancelib.errors import Unsupported
 from instancelib.linux.userns import has_host_root
 
 __all__ = [
-    "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt", "create", "detect", "live_info", "plan",
+    "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt", "detect", "is_frozen", "live_info", "plan",
     "remove",
 ]
 
@@ -64,9 +64,6 @@ class Hierarchies:
 
     v2_mount: str | None
     v1_mounts: dict[str, str]  # controller → mount point
-
-    def v1_controller_dir(self, controller: str) -> str | None:
-        return self.v1_mounts.get(controller)
 
 
 _detected: list[Hierarchies] = []
@@ -177,8 +174,11 @@ def _in_our_tree(path: str) -> bool:
 # -- where the tree goes ------------------------------------------------------------------------
 
 
-def _systemd_host() -> bool:
-    return os.path.isdir("/run/systemd/system")
+def _our_dir(mount: str) -> str:
+    """Our tree's top in a hierarchy mounted at ``mount`` (inside systemd's slice, if any)."""
+    if os.path.isdir("/run/systemd/system"):
+        return os.path.join(mount, "machine.slice", TREE)
+    return os.path.join(mount, TREE)
 
 
 def _v2_base(hierarchies: Hierarchies) -> str | None:
@@ -187,18 +187,17 @@ def _v2_base(hierarchies: Hierarchies) -> str | None:
     if mount is None:
         return None
     if has_host_root():
-        parent = "machine.slice" if _systemd_host() else ""
-        return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
+        return _our_dir(mount)
     delegated = v2.delegated_root(mount)
     return os.path.join(delegated, TREE) if delegated else None
 
 
-def _v1_base(hierarchies: Hierarchies, controller: str) -> str | None:
-    mount = hierarchies.v1_mounts.get(controller)
-    if mount is None or not has_host_root():
-        return None
-    parent = "machine.slice" if _systemd_host() else ""
-    return os.path.join(mount, parent, TREE) if parent else os.path.join(mount, TREE)
+def _v1_bases(hierarchies: Hierarchies) -> dict[str, str]:
+    """Our tree's directory in each v1 hierarchy, by v1 controller (v1 is root's)."""
+    if not hierarchies.v1_mounts or not has_host_root():
+        return {}
+    tops = {mount: _our_dir(mount) for mount in set(hierarchies.v1_mounts.values())}
+    return {name: tops[mount] for name, mount in hierarchies.v1_mounts.items()}
 
 
 # -- making an instance's cgroup ---------------------------------------------------------------
@@ -260,6 +259,7 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     limits = limits or Limits()
     hierarchies = detect()
     v2_base = _v2_base(hierarchies)
+    v1_tops = _v1_bases(hierarchies)
     needed = limits.controllers()
     wanted = set(ALWAYS_CONTROLLERS) | needed
     v2_controllers: set[str] = set()
@@ -273,7 +273,7 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     for controller in sorted(wanted):
         if controller in v2_controllers:
             choice[controller] = "v2"
-        elif controller in V1_NAMES and _v1_base(hierarchies, V1_NAMES[controller][0]):
+        elif controller in V1_NAMES and V1_NAMES[controller][0] in v1_tops:
             choice[controller] = "v1"
     unified_only = {key.partition(".")[0] for key in limits.unified}
     missing = sorted(c for c in needed if c not in choice or
@@ -285,14 +285,9 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
     v1_bases: dict[str, str] = {}
     for controller, version in choice.items():
         if version == "v1":
-            for v1_name in V1_NAMES[controller]:
-                base = _v1_base(hierarchies, v1_name)
-                if base is not None:
-                    v1_bases[v1_name] = base
-    if v2_base is None and hierarchies.v1_mounts.get("freezer"):
-        base = _v1_base(hierarchies, "freezer")
-        if base is not None:
-            v1_bases["freezer"] = base
+            v1_bases.update((n, v1_tops[n]) for n in V1_NAMES[controller] if n in v1_tops)
+    if v2_base is None and "freezer" in v1_tops:
+        v1_bases["freezer"] = v1_tops["freezer"]
     leaf = f"i.{os.geteuid()}.{os.getpid()}.{secrets.token_hex(3)}"
     cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
                              controllers=choice, limits=limits)
@@ -343,19 +338,6 @@ def adopt(cgroup_plan: CgroupPlan, spare_leaf: str | None) -> tuple[CgroupInfo, 
         to_join.append(os.path.join(directory, "cgroup.procs"))
     _apply(final, cgroup_plan.limits)
     return final, to_join
-
-
-def create(name: str, limits: Limits | None) -> CgroupInfo | None:
-    """Make a cgroup (no process in it yet) and apply ``limits``: ``plan`` + ``adopt``."""
-    cgroup_plan = plan(name, limits)
-    if cgroup_plan is None:
-        return None
-    try:
-        info, _ = adopt(cgroup_plan, None)
-    except BaseException:
-        remove(cgroup_plan.info(cgroup_plan.leaf), wait=0.5)
-        raise
-    return info
 
 
 _swept: list[float] = []
@@ -516,6 +498,18 @@ def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
     if directory is None:
         raise Unsupported("pausing needs a freezer: cgroup v2, or the v1 freezer hierarchy")
     v1.freeze(directory, frozen, timeout=timeout)
+
+
+def is_frozen(info: CgroupInfo) -> bool:
+    """Whether the cgroup is frozen or being frozen (False once it is gone)."""
+    try:
+        if info.v2 is not None:
+            return v2.read(os.path.join(info.v2, "cgroup.freeze")).strip() == "1"
+        freezer = info.v1.get("freezer")
+        return freezer is not None and \
+            v2.read(os.path.join(freezer, "freezer.state")).strip() != "THAWED"
+    except FileNotFoundError:
+        return False
 
 
 def kill(info: CgroupInfo) -> None:

@@ -268,11 +268,15 @@ def test_stop_kills_a_process_that_escaped_the_namespace(make_image, start):
         instance.stop()
         return
     assert info is not None
-    # A host process moved into the instance's cgroup: outside its PID namespace
-    # and process group, so only the cgroup can find it.
+    _assert_stop_kills_an_escaped_process(instance, info.procs_files())
+
+
+def _assert_stop_kills_an_escaped_process(instance, procs_files: list[str]) -> None:
+    """A host process moved into the instance's cgroup: outside its PID namespace
+    and process group, so only the cgroup can find it; stop must kill it."""
     escaped = subprocess.Popen(["sleep", "1000"])
     try:
-        for procs in info.procs_files():
+        for procs in procs_files:
             Path(procs).write_text(str(escaped.pid))
         instance.stop(timeout=5)
         assert escaped.wait(timeout=5) == -signal.SIGKILL
@@ -493,15 +497,7 @@ def test_a_pure_v1_host_pauses_and_kills_through_the_freezer(make_image, start, 
     assert tick.read_text() == frozen_at and instance.paused
     instance.resume()
     wait_for(lambda: tick.read_text() != frozen_at)
-    escaped = subprocess.Popen(["sleep", "1000"])
-    try:
-        Path(info.v1["freezer"], "cgroup.procs").write_text(str(escaped.pid))
-        instance.stop(timeout=5)
-        assert escaped.wait(timeout=5) == -signal.SIGKILL
-    finally:
-        if escaped.poll() is None:
-            escaped.kill()
-            escaped.wait()
+    _assert_stop_kills_an_escaped_process(instance, [f"{info.v1['freezer']}/cgroup.procs"])
     assert not any(os.path.exists(d) for d in info.v1.values())
 
 
