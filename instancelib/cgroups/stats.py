@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import psutil
 
-from instancelib.cgroups import v1
+from instancelib.cgroups import v1, v2
 from instancelib.cgroups.tree import CgroupInfo
 
 __all__ = ["Sample", "Stats", "format_binary", "format_decimal", "sample"]
@@ -71,8 +71,7 @@ def _host_memory() -> int:
 
 
 def _read(directory: str, filename: str) -> str:
-    with open(os.path.join(directory, filename)) as f:
-        return f.read()
+    return v2.read(os.path.join(directory, filename))
 
 
 def _keyed(text: str) -> dict[str, int]:
