@@ -282,15 +282,8 @@ def _convert(image: Image, root: Path, report: ProgressCallback) -> None:
         details = image._details
         unsquash_into(os.path.realpath(image.path), details["offset"], root)
     else:
-        _key, config, layers, source = oci.describe(image)
-        try:
-            root.mkdir()
-            for name in layers:
-                with source.open(name) as blob, oci._layer_tar(blob, name, image.path) as layer:
-                    oci.apply_layer(root, layer)
-            oci.singularity_layout(root, config)
-        finally:
-            source.close()
+        root.mkdir()
+        oci.unpack_into(image, root)
 
 
 def _ensure_layout(root: Path) -> None:

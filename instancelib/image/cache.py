@@ -22,13 +22,13 @@ import fcntl
 import logging
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from instancelib.errors import ImageError, InvalidArgument, PermissionDenied
+from instancelib.image import layers
 
 __all__ = ["cache_root", "entry", "max_bytes"]
 
@@ -92,15 +92,17 @@ def entry(key: str, build: Callable[[Path], None], *, what: str) -> tuple[Path, 
         if target.is_dir():
             log.info("%s: using the copy in the cache at %s", what, target)
             return target, lock
+        # We hold the key's build lock: any temporary of this key is a dead builder's.
+        for stale in directory.glob(f".{key}.*.tmp"):
+            remove_tree(stale)
         temporary = directory / f".{key}.{os.getpid()}.tmp"
-        shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(mode=0o700)
         try:
             build(temporary)
             os.chmod(temporary, 0o755)
             os.rename(temporary, target)
         except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
+            remove_tree(temporary)
             raise
         log.info("%s: extracted once into the cache at %s", what, target)
     evict(keep=key)
@@ -155,11 +157,18 @@ def evict(*, keep: str | None = None, limit: int | None = None) -> list[str]:
 
 
 def remove_tree(path: Path) -> None:
-    """Remove a tree, read-only directories included (extracted images have some)."""
-    for root, dirs, _files in os.walk(path):
-        for name in dirs:
-            full = os.path.join(root, name)
-            if not os.path.islink(full):
-                with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a tree, read-only directories included (extracted images have some).
+
+    Through descriptors, never following a link: an image's tree can hold
+    links to anywhere.
+    """
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        layers.remove_tree_at(parent, path.name)
+    except OSError as err:
+        log.warning("could not remove all of %s: %s", path, err)
+    finally:
+        os.close(parent)

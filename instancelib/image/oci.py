@@ -5,9 +5,11 @@ usually gzip-compressed).  ``unpacked(image)`` applies the layers in order
 into a directory of the image cache (keyed by the manifest's digest, so it is
 done once): whiteouts (``.wh.NAME`` removes NAME from lower layers,
 ``.wh..wh..opq`` empties its directory of lower layers' content), hard
-links, permissions and (as root) owners are kept.  Paths are resolved inside
-the image's root with chroot semantics, so a layer's symlink can never make
-a later layer write outside it.
+links, permissions and (as root) owners are kept, all through descriptors of
+the root (``layers``), so no entry of a layer can make us write outside it.
+Each layer's blob is checked against its digest (a docker archive's against
+the config's ``diff_ids``) before any of it is unpacked, and an image may not
+unpack to more than the cache's bound (``INSTANCELIB_CACHE_MAX``).
 
 The config is turned into Singularity's layout as Apptainer does: ``Env``
 into ``/.singularity.d/env/10-docker2singularity.sh``, ``Entrypoint``,
@@ -18,33 +20,37 @@ runs the entrypoint.
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import json
+import lzma
 import os
+import re
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import threading
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import attrs
+
 from instancelib.errors import ImageError, Unsupported
 from instancelib.image import cache, sif
-from instancelib.linux import pathwalk
-from instancelib.linux.userns import has_host_root
+from instancelib.image import layers as layers_module
 
 if TYPE_CHECKING:
     from instancelib.image.image import Image
 
-__all__ = ["ImageConfig", "apply_layer", "singularity_layout", "unpacked"]
+__all__ = ["ImageConfig", "Layer", "describe", "singularity_layout", "unpack_into", "unpacked"]
 
 _INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                 "application/vnd.docker.distribution.manifest.list.v2+json")
-_WHITEOUT = ".wh."
-_OPAQUE = ".wh..wh..opq"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _MAX_JSON = 16 << 20
 
@@ -146,35 +152,45 @@ def _oci_manifest(source: _Source) -> tuple[str, dict[str, Any]]:
     raise ImageError(f"{source.path}: image indexes nest too deep")
 
 
-def describe(image: Image) -> tuple[str, dict[str, Any], list[str], _Source]:
-    """(cache key, image config, layer blob names, source) of an OCI or docker image."""
+@attrs.frozen
+class Layer:
+    """One layer of an image: where its blob is, and what it must hash to.
+
+    ``digest`` (OCI: the manifest's, over the blob as stored) and
+    ``diff_id`` (docker archives: the config's, over the uncompressed tar)
+    are checked before anything of the layer is unpacked; ``size`` is the
+    blob's size the manifest declares.
+    """
+
+    name: str
+    digest: str | None = None
+    diff_id: str | None = None
+    size: int | None = None
+
+
+def describe(image: Image) -> tuple[str, dict[str, Any], list[Layer], _Source]:
+    """(cache key, image config, layers, source) of an OCI or docker image."""
     source = _Source(image)
     try:
         if image.kind == "docker-archive":
-            manifest = source.json("manifest.json")
-            if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0],
-                                                                                 dict):
-                raise ImageError(f"{image.path}: manifest.json lists no image")
-            entry = manifest[0]
-            with source.open(str(entry.get("Config", ""))) as f:
-                raw_config = f.read(_MAX_JSON)
-            key = hashlib.sha256(raw_config).hexdigest()
-            config = json.loads(raw_config)
-            layers = [str(layer) for layer in entry.get("Layers", [])]
+            key, config, layers = _docker_archive(source)
         else:
             digest, manifest_content = _oci_manifest(source)
             key = digest.partition(":")[2]
             config = source.verified_json(str(manifest_content["config"]["digest"]))
             layers = []
             for layer in manifest_content.get("layers", []):
-                layers.append(source.blob_name(str(layer["digest"])))
+                size = layer.get("size")
+                layers.append(Layer(source.blob_name(str(layer["digest"])),
+                                    digest=str(layer["digest"]),
+                                    size=size if isinstance(size, int) else None))
         if not isinstance(config, dict):
             raise ImageError(f"{image.path}: the image config is not a JSON object")
         arch = config.get("architecture")
         if arch and arch != sif.host_arch():
             raise ImageError(f"{image.path} is built for {arch}; this host is {sif.host_arch()}")
         return f"oci-{key[:40]}", config, layers, source
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         source.close()
         raise ImageError(f"{image.path}: malformed image metadata ({err})") from err
     except BaseException:
@@ -182,155 +198,177 @@ def describe(image: Image) -> tuple[str, dict[str, Any], list[str], _Source]:
         raise
 
 
-def unpacked(image: Image) -> tuple[Path, Path]:
-    """The image unpacked into a sandbox in the cache: ``(directory, lock)``."""
-    key, config, layers, source = describe(image)
-    try:
-        def build(target: Path) -> None:
-            for name in layers:
-                with source.open(name) as blob, _layer_tar(blob, name, image.path) as layer:
-                    apply_layer(target, layer)
-            singularity_layout(target, config)
+def _docker_archive(source: _Source) -> tuple[str, Any, list[Layer]]:
+    """A ``docker save`` archive: its config (checked against its name) and layers.
 
-        return cache.entry(key, build, what=f"image {image.path}")
+    The config is named by its digest (``HEX.json``, or ``blobs/sha256/HEX`` in
+    newer archives); the layers are checked against the config's
+    ``rootfs.diff_ids``, the digests of their uncompressed tars.
+    """
+    manifest = source.json("manifest.json")
+    if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
+        raise ImageError(f"{source.path}: manifest.json lists no image")
+    entry = manifest[0]
+    config_name = str(entry.get("Config", ""))
+    with source.open(config_name) as f:
+        raw_config = f.read(_MAX_JSON + 1)
+    if len(raw_config) > _MAX_JSON:
+        raise ImageError(f"{source.path}: {config_name} is implausibly large")
+    key = hashlib.sha256(raw_config).hexdigest()
+    named = _DIGEST_NAME.search(config_name)
+    if named and named.group(1) != key:
+        raise ImageError(f"{source.path}: its config {config_name} does not match its digest "
+                         "(the archive is corrupt or was tampered with)")
+    config = json.loads(raw_config)
+    names = [str(layer) for layer in entry.get("Layers", [])]
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(names):
+        raise ImageError(f"{source.path}: cannot verify its layers: the config lists "
+                         f"{len(diff_ids) if isinstance(diff_ids, list) else 'no'} diff_ids "
+                         f"for {len(names)} layers")
+    return key, config, [Layer(name, diff_id=str(diff_id))
+                         for name, diff_id in zip(names, diff_ids, strict=True)]
+
+
+def unpack_into(image: Image, root: Path) -> None:
+    """Unpack an OCI or docker image into the empty directory ``root``, with its layout.
+
+    Every layer is checked against its digest before it is applied, and the
+    whole image may not unpack to more than ``INSTANCELIB_CACHE_MAX``.
+
+    Raises:
+        ImageError: a malformed, tampered, hostile or too large image.
+        Unsupported: a layer format this host cannot decompress (zstd without ``zstd``).
+    """
+    _key, config, layers, source = describe(image)
+    budget = layers_module.Budget(cache.max_bytes(), f"image {image.path}")
+    try:
+        with layers_module.RootTree(root) as tree:
+            for layer in layers:
+                with _layer_tar(source, layer, image.path, budget, root.parent) as tar:
+                    members = budget.members(tar, layer.name)
+                    layers_module.apply_layer(tree, tar, members, layer.name)
+            singularity_layout(tree, config)
+    except OSError as err:
+        raise ImageError(f"cannot unpack {image.path}: {err.strerror or err}",
+                         path=image.path, errno=err.errno) from err
     finally:
         source.close()
 
 
+def unpacked(image: Image) -> tuple[Path, Path]:
+    """The image unpacked into a sandbox in the cache: ``(directory, lock)``."""
+    key, _config, _layers, source = describe(image)
+    source.close()
+    return cache.entry(key, lambda target: unpack_into(image, target),
+                       what=f"image {image.path}")
+
+
+_DIGEST_NAME = re.compile(r"(?:^|/)(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?\Z")
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"),
+          (_ZSTD_MAGIC, "zstd"))
+_OPENERS: dict[str, Callable[[IO[bytes]], IO[bytes]]] = {
+    "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),  # type: ignore[return-value,dict-item]
+    "bzip2": lambda f: bz2.BZ2File(f, mode="rb"),
+    "xz": lambda f: lzma.LZMAFile(f, mode="rb"),  # noqa: SIM115 (closed by the caller)
+}
+
+
+def _digest_of(stream: IO[bytes], limit: int, what: str) -> tuple[str, int]:
+    """``sha256:HEX`` and size of what ``stream`` yields; ImageError past ``limit`` bytes."""
+    hasher, size = hashlib.sha256(), 0
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            return f"sha256:{hasher.hexdigest()}", size
+        size += len(chunk)
+        if size > limit:
+            raise ImageError(f"{what} unpacks to more than the image cache may hold "
+                             "(INSTANCELIB_CACHE_MAX)")
+        hasher.update(chunk)
+
+
 @contextlib.contextmanager
-def _layer_tar(blob: IO[bytes], name: str, image_path: str) -> Iterator[tarfile.TarFile]:
-    head = blob.read(4)
-    blob.seek(0)
-    if head == _ZSTD_MAGIC:
-        zstd = shutil.which("zstd")
-        if zstd is None:
-            raise Unsupported(f"{image_path}: layer {name} is zstd-compressed; install zstd")
-        with tempfile.TemporaryFile() as plain:
-            process = subprocess.run([zstd, "-dc"], input=blob.read(), stdout=plain,
-                                     stderr=subprocess.PIPE, check=False)
-            if process.returncode != 0:
-                raise ImageError(f"{image_path}: cannot decompress layer {name}")
-            plain.seek(0)
-            with tarfile.open(fileobj=plain, mode="r:") as tar:
-                yield tar
-        return
+def _layer_tar(source: _Source, layer: Layer, image_path: str, budget: layers_module.Budget,
+               scratch: Path) -> Iterator[tarfile.TarFile]:
+    """The layer's tar, once its blob (and uncompressed content) matched their digests."""
+    what = f"{image_path}: layer {layer.name}"
     try:
-        with tarfile.open(fileobj=blob, mode="r:*") as tar:
-            yield tar
-    except tarfile.TarError as err:
-        raise ImageError(f"{image_path}: layer {name} is not a (compressed) tar: {err}") from err
+        with source.open(layer.name) as blob:
+            head = blob.read(8)
+            blob.seek(0)
+            compression = next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+            if layer.digest is not None:
+                digest, size = _digest_of(blob, 1 << 62, what)
+                if digest != layer.digest or (layer.size is not None and size != layer.size):
+                    raise ImageError(f"{what} does not match its digest {layer.digest} "
+                                     "(the image is corrupt or was tampered with)")
+                blob.seek(0)
+            if compression == "zstd":
+                with _zstd_decompressed(blob, what, budget.limit, scratch) as plain:
+                    if layer.diff_id is not None:
+                        _check_diff_id(plain, layer, what, budget.limit)
+                    with tarfile.open(fileobj=plain, mode="r:") as tar:
+                        yield tar
+                return
+            if layer.diff_id is not None:
+                if compression is None:
+                    _check_diff_id(blob, layer, what, budget.limit)
+                else:
+                    with _OPENERS[compression](blob) as plain_stream:
+                        _check_diff_id(plain_stream, layer, what, budget.limit)
+                blob.seek(0)
+            with tarfile.open(fileobj=blob, mode="r:*") as tar:
+                yield tar
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as err:
+        raise ImageError(f"{what} is not a readable (compressed) tar: {err}") from err
 
 
-# -- applying layers -------------------------------------------------------------------------
+def _check_diff_id(stream: IO[bytes], layer: Layer, what: str, limit: int) -> None:
+    digest, _size = _digest_of(stream, limit, what)
+    stream.seek(0)
+    if digest != layer.diff_id:
+        raise ImageError(f"{what} does not match its diff_id {layer.diff_id} "
+                         "(the image is corrupt or was tampered with)")
 
 
-def _clean(name: str) -> str:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ImageError(f"a layer entry escapes the image: {name!r}")
-    return "/".join(parts)
-
-
-def _in_root(root: str, path: str, *, create_parents: bool) -> str:
-    """The host path of in-image ``path``, its parents resolved inside ``root``."""
-    parent, _, base = path.rpartition("/")
-    canonical, exists = pathwalk.resolve_in_root(root, parent or "/")
-    if not exists:
-        if not create_parents:
-            return ""
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+@contextlib.contextmanager
+def _zstd_decompressed(blob: IO[bytes], what: str, limit: int,
+                       scratch: Path) -> Iterator[IO[bytes]]:
+    """The zstd blob decompressed into a temporary file, at most ``limit`` bytes of it."""
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise Unsupported(f"{what} is zstd-compressed; install zstd")
+    with tempfile.TemporaryFile(dir=scratch) as plain:
+        process = subprocess.Popen([zstd, "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        assert process.stdin is not None and process.stdout is not None
         try:
-            pathwalk.create_in_root(fd, canonical, directory=True)
+            feeder = threading.Thread(target=_feed, args=(blob, process.stdin), daemon=True)
+            feeder.start()
+            written = 0
+            for chunk in iter(lambda: process.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+                written += len(chunk)
+                if written > limit:
+                    raise ImageError(f"{what} unpacks to more than the image cache may hold "
+                                     "(INSTANCELIB_CACHE_MAX)")
+                plain.write(chunk)
         finally:
-            os.close(fd)
-    return os.path.join(root, canonical.lstrip("/"), base)
+            process.stdout.close()
+            if process.poll() is None:
+                process.kill()
+            status = process.wait()
+            feeder.join()
+        if status != 0:
+            raise ImageError(f"cannot decompress {what}")
+        plain.seek(0)
+        yield plain
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        cache.remove_tree(Path(path))
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
-def apply_layer(root: str | os.PathLike[str], layer: tarfile.TarFile) -> None:
-    """Apply one layer onto the root filesystem at ``root`` (OCI semantics)."""
-    top = os.fspath(root)
-    as_root = has_host_root()
-    members = layer.getmembers()
-    # Whiteouts first: they remove what lower layers have, never this layer's own entries.
-    for member in members:
-        name = _clean(member.name)
-        parent, _, base = name.rpartition("/")
-        if base == _OPAQUE:
-            directory = _in_root(top, f"{parent}/x" if parent else "x", create_parents=False)
-            directory = os.path.dirname(directory)
-            if directory and os.path.isdir(directory):
-                for child in os.listdir(directory):
-                    _remove(os.path.join(directory, child))
-        elif base.startswith(_WHITEOUT):
-            target = _in_root(top, f"{parent}/{base[len(_WHITEOUT):]}".lstrip("/"),
-                              create_parents=False)
-            if target and os.path.lexists(target):
-                _remove(target)
-    directories: list[tuple[str, tarfile.TarInfo]] = []
-    for member in members:
-        name = _clean(member.name)
-        if not name or name.rpartition("/")[2].startswith(_WHITEOUT):
-            continue
-        path = _in_root(top, name, create_parents=True)
-        existing = os.path.lexists(path)
-        if existing and not (member.isdir() and os.path.isdir(path)
-                             and not os.path.islink(path)):
-            _remove(path)
-        if member.isdir():
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            directories.append((path, member))
-            continue
-        if member.isreg():
-            source = layer.extractfile(member)
-            assert source is not None
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out, source:
-                shutil.copyfileobj(source, out, 1 << 20)
-        elif member.issym():
-            os.symlink(member.linkname, path)
-        elif member.islnk():
-            target = _in_root(top, _clean(member.linkname), create_parents=False)
-            if not target or not os.path.lexists(target):
-                raise ImageError(f"a layer's hard link points to a missing file: {member.name}")
-            os.link(target, path, follow_symlinks=False)
-            continue  # the link shares the target's metadata
-        elif member.isfifo():
-            os.mkfifo(path)
-        elif member.ischr() or member.isblk():
-            if not as_root:
-                continue  # an ordinary user cannot make device nodes; /dev is mounted anyway
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(path, kind | (member.mode & 0o7777), os.makedev(member.devmajor,
-                                                                      member.devminor))
-        else:
-            continue
-        _set_metadata(path, member, as_root)
-    # Directories last (deepest first): a read-only one would stop writes into it.
-    for path, member in reversed(directories):
-        _set_metadata(path, member, as_root)
-
-
-def _set_metadata(path: str, member: tarfile.TarInfo, as_root: bool) -> None:
-    link = member.issym()
-    if as_root:
-        with contextlib.suppress(OSError):
-            os.chown(path, member.uid, member.gid, follow_symlinks=False)
-    if not link:
-        mode = member.mode & (0o7777 if as_root else 0o777)
-        if member.isdir():
-            mode |= 0o700  # we must still be able to enter and change our own tree
-        os.chmod(path, mode)
-    with contextlib.suppress(OSError):
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+def _feed(blob: IO[bytes], pipe: IO[bytes]) -> None:
+    with contextlib.suppress(OSError), pipe:
+        shutil.copyfileobj(blob, pipe, 1 << 20)
 
 
 # -- Singularity's layout ----------------------------------------------------------------------
@@ -385,24 +423,30 @@ def _assign(name: str, value: str) -> str:
     return f"{name}='" + value.replace("'", "'\\''") + "'"
 
 
-def singularity_layout(root: str | os.PathLike[str], config: dict[str, Any]) -> None:
-    """Write /.singularity.d for an OCI image config (env, runscript, labels)."""
+def singularity_layout(tree: layers_module.RootTree, config: dict[str, Any]) -> None:
+    """Write /.singularity.d for an OCI image config (env, runscript, labels).
+
+    Through ``tree``: a link the image holds at any of these names is
+    replaced, never written through, and the mount points are made where the
+    instance will see them (links followed inside the image).
+    """
     settings = config.get("config") or {}
     if not isinstance(settings, dict):
         settings = {}
-    top = Path(root)
-    meta = top / ".singularity.d"
-    for directory in (meta / "env", meta / "libs", meta / "actions"):
-        directory.mkdir(parents=True, exist_ok=True)
+    for directory in (".singularity.d", ".singularity.d/env", ".singularity.d/libs",
+                      ".singularity.d/actions"):
+        tree.make_directory(directory)
     for mount_point in ("proc", "sys", "dev", "tmp", "var/tmp", "home", "root", "etc"):
-        (top / mount_point).mkdir(parents=True, exist_ok=True)
+        tree.ensure_mount_point(mount_point)
     env = [str(item) for item in settings.get("Env") or [] if isinstance(item, str)]
-    (meta / "env" / "10-docker2singularity.sh").write_text(env_script(env))
-    (meta / "env" / "10-docker2singularity.sh").chmod(0o755)
+    tree.write_file(".singularity.d/env/10-docker2singularity.sh", env_script(env).encode(),
+                    0o755)
     entrypoint = [str(a) for a in settings.get("Entrypoint") or []]
     cmd = [str(a) for a in settings.get("Cmd") or []]
-    (meta / "runscript").write_text(runscript(entrypoint, cmd, settings.get("WorkingDir")))
-    (meta / "runscript").chmod(0o755)
+    workdir = settings.get("WorkingDir")
+    tree.write_file(".singularity.d/runscript",
+                    runscript(entrypoint, cmd, str(workdir) if workdir else None).encode(), 0o755)
     labels = settings.get("Labels") or {}
-    (meta / "labels.json").write_text(json.dumps(labels if isinstance(labels, dict) else {},
-                                                 indent=4, sort_keys=True) + "\n")
+    tree.write_file(".singularity.d/labels.json",
+                    (json.dumps(labels if isinstance(labels, dict) else {}, indent=4,
+                                sort_keys=True) + "\n").encode(), 0o644)

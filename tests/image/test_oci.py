@@ -6,8 +6,6 @@ written here to reach every rule of the format.)
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import json
 import os
@@ -18,57 +16,13 @@ from pathlib import Path
 import pytest
 
 from instancelib import Image, ImageError
-from instancelib.image import oci, sif
+from instancelib.image import oci
 from instancelib.linux.userns import has_host_root
+from tests.image.ocihelpers import layer_tar, make_layout
 
 
 def _layer(entries: list[tuple[str, str, bytes | str]]) -> bytes:
-    """A gzip-compressed tar: (kind, name, content) with kind file|dir|symlink|hardlink."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for kind, name, content in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_600_000_000
-            if kind == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-            elif kind == "symlink":
-                info.type, info.linkname = tarfile.SYMTYPE, str(content)
-                tar.addfile(info)
-            elif kind == "hardlink":
-                info.type, info.linkname = tarfile.LNKTYPE, str(content)
-                tar.addfile(info)
-            else:
-                data = content if isinstance(content, bytes) else content.encode()
-                info.size, info.mode = len(data), 0o640 if name.endswith("secret") else 0o644
-                tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(buffer.getvalue())
-
-
-def _blob(layout: Path, data: bytes) -> str:
-    digest = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    (layout / "blobs" / "sha256" / digest).write_bytes(data)
-    return f"sha256:{digest}"
-
-
-def make_layout(layout: Path, layers: list[bytes], config: dict | None = None) -> Path:
-    layout.mkdir()
-    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    config_blob = json.dumps({"architecture": sif.host_arch(), "os": "linux",
-                              "config": config or {}, "rootfs": {"type": "layers"}}).encode()
-    manifest = {
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _blob(layout, config_blob), "size": len(config_blob)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": _blob(layout, layer), "size": len(layer)} for layer in layers],
-    }
-    manifest_blob = json.dumps(manifest).encode()
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": _blob(layout, manifest_blob), "size": len(manifest_blob)}]}))
-    return layout
+    return layer_tar(entries)
 
 
 @pytest.fixture
