@@ -38,7 +38,7 @@ from instancelib.process import InstanceProcess as InstanceProcess
 from instancelib.readiness import CommandProbe as CommandProbe
 from instancelib.readiness import FileProbe as FileProbe
 from instancelib.readiness import TcpProbe as TcpProbe
-from instancelib.registry import InstanceRecord as InstanceRecord
+from instancelib.records import InstanceRecord as InstanceRecord
 from instancelib.registry import InstanceRegistry as InstanceRegistry
 
 if TYPE_CHECKING:

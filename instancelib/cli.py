@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("-u", "--user", help="another user's instances (root only)")
     listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
     listing.add_argument("-l", "--logs", action="store_true", help="show the log paths")
+    listing.add_argument("--recover", action="store_true",
+                         help="first find running instances whose records were deleted")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
 
     stop = instance_commands.add_parser("stop", help="stop named instances")
@@ -317,6 +319,9 @@ def _instance_start(args: argparse.Namespace, registry: InstanceRegistry) -> int
 def _instance_list(args: argparse.Namespace, registry: InstanceRegistry) -> int:
     if args.json and args.logs:
         raise InvalidArgument("--json and --logs cannot be used together")
+    if args.recover:
+        for instance in registry.recover():
+            log.info("recovered instance %s (pid %d)", instance.name, instance.pid)
     records = registry.records(args.pattern)
     if args.json:
         sys.stdout.write(_go_json({"instances": [

@@ -29,9 +29,11 @@ from instancelib.cgroups.tree import CgroupInfo
 from instancelib.environment import check_env
 from instancelib.errors import (
     ExecError,
+    InstanceError,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RegistryError,
     StartError,
     StartTimeout,
     Timeout,
@@ -44,7 +46,8 @@ from instancelib.linux.syscalls import CLONE_NEWUSER
 from instancelib.linux.userns import has_host_root
 from instancelib.process import ExecResult, InstanceProcess, raise_exec_failure
 from instancelib.readiness import ReadySpec, as_probe
-from instancelib.registry import InstanceRecord, InstanceRegistry, validate_name
+from instancelib.records import InstanceRecord, validate_name
+from instancelib.registry import InstanceRegistry
 
 __all__ = ["Instance", "InstanceStatus"]
 
@@ -197,37 +200,64 @@ class Instance(metaclass=_NoPublicConstructor):
         if plan.note:
             log.warning("instance %r: %s", name, plan.note)
         launchplan.ensure_session_dir(plan.session_dir)
+        options = {"run": bool(run), "args": list(plan.args),
+                   "writable_tmpfs": bool(writable_tmpfs), "contain": bool(contain),
+                   "hostname": hostname, "binds": [str(b) for b in bind_list],
+                   "fakeroot": bool(fakeroot), "limits": limits.to_dict() if limits else {}}
+        try:
+            return cls._start_planned(image, name, plan=plan, registry=registry, limits=limits,
+                                      probe=probe, deadline=deadline, pid_file=pid_file,
+                                      options=options)
+        except InstanceError:
+            raise  # (some are OSErrors too: Timeout, PermissionDenied)
+        except OSError as err:
+            # Whatever the host refused on the way (EMFILE, ENOMEM...): typed, and the
+            # start's own clean-up has already run.
+            raise StartError(f"cannot start the instance ({err.strerror or err})", name=name,
+                             errno=err.errno, path=err.filename) from err
+
+    @classmethod
+    def _start_planned(cls, image: Image, name: str, *, plan: launchplan.LaunchPlan,
+                       registry: InstanceRegistry, limits: Limits | None, probe: Any,
+                       deadline: float, pid_file: str | os.PathLike[str] | None,
+                       options: dict[str, Any]) -> Instance:
+        """The start itself, once every option is checked (see ``start``)."""
         me = procfs.read_stat(os.getpid())
-        assert me is not None
+        if me is None:
+            raise StartError("cannot read this process's own identity from /proc", name=name)
         claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
                                owner_starttime=me.starttime, uid=os.geteuid())
-        registry.claim(claim)
+        name_lock = registry.claim(claim)
         written = [claim]
         with contextlib.ExitStack() as on_failure:
             on_failure.callback(lambda: registry.remove(written[-1]))
+            on_failure.callback(name_lock.close)  # before the removal: it frees the name
             cgroup_plan = cgroup_tree.plan(name, limits)
             # Undone after PID 1 is gone (callbacks run last-registered first).
             made: list[CgroupInfo] = []
             on_failure.callback(lambda: [cgroup_tree.remove(i, wait=0.5) for i in made])
             out_path, err_path = registry.log_paths(name)
-            out_fd = _open_log(out_path, name)
+            out_fd = _open_log(registry, name, "out")
             on_failure.callback(os.close, out_fd)
-            err_fd = _open_log(err_path, name)
+            err_fd = _open_log(registry, name, "err")
             on_failure.callback(os.close, err_fd)
             err_offset = os.fstat(err_fd).st_size
             wire_plan = plan.to_wire()
             wire_plan["cgroup_bases"] = cgroup_plan.bases() if cgroup_plan else []
             wire_plan["cgroup_wait"] = cgroup_plan is not None
             wire_plan["cgroup_roots"] = cgroup_plan.roots() if cgroup_plan else []
+            wire_plan["cgroup_leaf"] = cgroup_plan.leaf if cgroup_plan else None
             try:
                 launch = _Launch.begin(wire_plan, out_fd, err_fd)
             except (StartError, Unsupported) as err:
                 err.name = name
                 raise
             on_failure.callback(launch.abort)
-            cgroup: CgroupInfo | None = None
             if cgroup_plan is not None:
                 made.append(cgroup_plan.info(launch.cgroup_leaf or cgroup_plan.leaf))
+            launch.identify()
+            cgroup: CgroupInfo | None = None
+            if cgroup_plan is not None:
                 try:
                     cgroup, to_join = cgroup_tree.adopt(cgroup_plan, launch.cgroup_leaf)
                 except (InvalidArgument, Unsupported, PermissionDenied) as err:
@@ -252,17 +282,14 @@ class Instance(metaclass=_NoPublicConstructor):
                 log_err=str(err_path), started_at=time.time(), uid=os.getuid(),
                 user=plan.user, cwd=launch.cwd, service_pid=service_pid,
                 service_starttime=service_start,
-                options={"run": bool(run), "args": list(plan.args),
-                         "writable_tmpfs": bool(writable_tmpfs), "contain": bool(contain),
-                         "hostname": hostname, "binds": [str(b) for b in bind_list],
-                         "fakeroot": bool(fakeroot),
-                         "limits": limits.to_dict() if limits else {}},
+                options=options,
                 namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
                 loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             )
             registry.publish(record, launch.env)
             written.append(record)
-            launch.commit()
+            # PID 1 keeps the name's lock and a copy of its record for its whole life.
+            launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env))
             instance = cls._from_record(record, registry)
             instance._env = launch.env
             if probe is not None:
@@ -271,6 +298,7 @@ class Instance(metaclass=_NoPublicConstructor):
                 _write_pid_file(pid_file, launch.init_pid, name)
             on_failure.pop_all()
         launch.close()
+        name_lock.close()
         os.close(out_fd)
         os.close(err_fd)
         log.debug("instance %r started (pid %d)", name, launch.init_pid)
@@ -316,7 +344,8 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def _live_cgroup(self) -> CgroupInfo | None:
         """The recorded cgroup if PID 1 (already checked to run) really is in it."""
-        return cgroup_tree.live_info(self.pid, CgroupInfo.from_dict(self._record.cgroup))
+        return cgroup_tree.live_info(self.pid, self._record.uid,
+                                     CgroupInfo.from_dict(self._record.cgroup))
 
     @property
     def limits(self) -> Limits:
@@ -732,10 +761,10 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
 
 def _remove_cgroup(instance: Instance) -> None:
     """Remove the cgroup of an instance found dead (its PID 1 ended without a stop)."""
-    recorded = CgroupInfo.from_dict(instance._record.cgroup)
-    if recorded is not None and (has_host_root() or instance._record.uid == os.geteuid()):
+    if instance._record.cgroup is not None and (has_host_root()
+                                                or instance._record.uid == os.geteuid()):
         # Only removed, never killed: a record is no proof of what the cgroup holds.
-        cgroup_tree.remove(recorded, wait=0.5)
+        cgroup_tree.remove_dead(instance._record.cgroup, instance._record.uid)
 
 
 def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:
@@ -803,11 +832,7 @@ class _Launch:
         launch.pidfd = fds[0]
         leaf = reply.get("cgroup_leaf")
         launch.cgroup_leaf = str(leaf) if leaf else None
-        try:
-            launch._adopt(int(reply["init_pid"]))
-        except BaseException:
-            launch.close()
-            raise
+        launch.init_pid = int(reply["init_pid"])
         return launch
 
     def _receive(self, deadline: float) -> dict[str, Any] | None:
@@ -842,9 +867,9 @@ class _Launch:
         self.notes = [str(note) for note in ready.get("notes", [])]
         self.loop = ready.get("loop")
 
-    def _adopt(self, pid: int) -> None:
-        """Note the new PID 1's identity; ``self.pidfd`` (from its parent) pins the process."""
-        self.init_pid = pid
+    def identify(self) -> None:
+        """Note the new PID 1's start time; ``self.pidfd`` (from its parent) pins the process."""
+        pid = self.init_pid
         stat = procfs.read_stat(pid)
         # Read while the pidfd's process is alive, the stat is surely that process's.
         if stat is None or not stat.running or procfs.wait_pidfd(self.pidfd, 0):
@@ -855,9 +880,16 @@ class _Launch:
         """Tell PID 1 its cgroup is named and limited (and which parts it must still join)."""
         wire.send_message(self.channel, {"event": "cgroup", "procs": procs_files})
 
-    def commit(self) -> None:
-        """Tell PID 1 the record is on disk: from now on it runs on its own."""
-        wire.send_message(self.channel, {"event": "commit"})
+    def commit(self, name_lock: int, record_copy: int) -> None:
+        """Tell PID 1 the record is on disk: from now on it runs on its own.
+
+        It gets the name's lock and a sealed copy of its record to keep (see
+        ``recordstore``); ``record_copy`` is closed here.
+        """
+        try:
+            wire.send_message(self.channel, {"event": "commit"}, [name_lock, record_copy])
+        finally:
+            os.close(record_copy)
 
     def wait_until_ready(self, instance: Instance, probe: Any, deadline: float,
                          err_path: Path, err_offset: int) -> None:
@@ -1020,13 +1052,16 @@ def _positive(value: float, what: str, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _open_log(path: Path, name: str) -> int:
+def _open_log(registry: InstanceRegistry, name: str, stream: str) -> int:
+    """The instance's log, opened for appending (never through a link; see ``recordstore``)."""
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-                       | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise StartError("cannot open the log file", name=name, path=str(path),
-                         errno=err.errno) from err
+        fd = registry.store.open_log(name, stream, write=True)
+    except (RegistryError, OSError) as err:
+        raise StartError(f"cannot open the log file: {err}", name=name,
+                         path=str(registry.logs_dir / f"{name}.{stream}"),
+                         errno=getattr(err, "errno", None)) from err
+    assert fd is not None
+    return fd
 
 
 def _write_pid_file(path: str | os.PathLike[str], pid: int, name: str) -> None:

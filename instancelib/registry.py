@@ -1,202 +1,34 @@
-"""The per-user registry of running instances: one JSON file per instance.
+"""``InstanceRegistry``: the public list/get/stop over one user's records on this host.
 
-Layout (``root`` is ``$INSTANCELIB_HOME`` or ``~/.instancelib``)::
-
-    root/instances/<hostname>/<name>.json   the record (what ``instance list`` shows)
-    root/instances/<hostname>/<name>.env    the instance's environment, for exec
-    root/instances/<hostname>/.lock         serialises claims and prunes
-    root/logs/<hostname>/<name>.out|.err    the service's output (appended)
-
-Directories are 0700 and files 0600.  Every directory on the way is checked
-on use: a symlink, a directory of another user or one others may write to
-is refused, so nobody can redirect a user's (or root's) records and logs.
-A registry is its owner's: records are only believed when the record, and
-the live process it names, belong to that owner.  A record is written to a temporary file
-and renamed into place, so a reader sees the old or the new record, never
-half of one.  Records are not fsynced (DESIGN.md asks for it; this is a
-deliberate departure): a record describes running processes, and no process
-survives a crash of the machine, so a durable record would only describe
-the dead.  A file torn by a crash is unreadable, and unreadable records are
-pruned.  Skipping the three fsyncs saves about 1.4 ms per start here.
-
-A name is claimed under the lock: if a live record holds it, the claim fails
-with ``NameConflict``; exactly one of N concurrent starts of a name wins.  A
-record whose process has ended (or whose PID now belongs to another process:
-the start time differs) is removed when read.
+The files, their checks, locks and recovery are ``recordstore.RecordStore``'s;
+this layer turns records into live ``Instance`` objects, keeps parsed records
+between calls (``list()`` is a hot path) and removes the cgroup of an
+instance found dead.  A record whose process has ended (or whose PID now
+belongs to another process: the start time differs) is removed when read,
+unless its name is still held by a running instance, whose record is then
+re-published from its PID 1.
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
-import errno
-import fcntl
 import fnmatch
-import json
 import os
 import pwd
-import re
 import signal
 import socket
-import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import attrs
-
-from instancelib.errors import (
-    InvalidArgument,
-    InvalidName,
-    NameConflict,
-    NotFound,
-    PermissionDenied,
-    RegistryError,
-)
-from instancelib.linux import procfs
+from instancelib.errors import InvalidArgument, NotFound, PermissionDenied
 from instancelib.linux.userns import has_host_root
+from instancelib.records import InstanceRecord, NameLock, validate_name
+from instancelib.recordstore import RecordStore
 
 if TYPE_CHECKING:
     from instancelib.instance import Instance
 
 __all__ = ["InstanceRecord", "InstanceRegistry", "validate_name"]
-
-SCHEMA = 1
-_NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
-_MAX_RECORD = 1 << 20
-_READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
-
-
-def validate_name(name: object) -> str:
-    """Check an instance name against Singularity's rule; return it.
-
-    Raises:
-        InvalidName: not a string of ``[a-zA-Z0-9._-]``, empty, ``.``/``..``,
-            or longer than 128 characters.
-    """
-    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or len(name) > 128:
-        raise InvalidName(
-            f"instance name must match [a-zA-Z0-9._-]+ (not '.' or '..', at most 128 "
-            f"characters); got {name!r}"
-        )
-    return name
-
-
-@attrs.frozen(kw_only=True)
-class InstanceRecord:
-    """What the registry stores about one instance.
-
-    ``state`` is ``"starting"`` while ``Instance.start`` runs (the name is
-    claimed; ``owner_pid``/``owner_starttime`` identify the starting process)
-    and ``"running"`` once PID 1 is up (``pid``/``starttime`` identify it).
-    """
-
-    name: str
-    state: str
-    pid: int = 0
-    starttime: int = 0
-    owner_pid: int = 0
-    owner_starttime: int = 0
-    image: str = ""
-    image_kind: str = "sandbox"
-    ip: str = ""
-    log_out: str = ""
-    log_err: str = ""
-    started_at: float = 0.0
-    uid: int = -1
-    user: str = ""
-    cwd: str = "/"
-    service_pid: int = 0
-    service_starttime: int = 0
-    options: dict[str, Any] = attrs.field(factory=dict)
-    namespaces: int = 0
-    loop: str | None = None
-    cgroup: dict[str, Any] | None = None
-    netns: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        # One check for all fields (not one validator each): records are
-        # built a thousand at a time by list().
-        validate_name(self.name)
-        if self.state not in ("starting", "running"):
-            raise ValueError(f"state must be 'starting' or 'running' (got {self.state!r})")
-        for value in (self.pid, self.starttime, self.owner_pid, self.owner_starttime):
-            if type(value) is not int or value < 0:
-                raise ValueError(f"PIDs and start times must be integers >= 0 (got {value!r})")
-
-    def is_alive(self, uid: int | None = None) -> bool:
-        """Whether the process this record stands for is still running (PID-reuse safe).
-
-        With ``uid``, the record and the process must also belong to that user.
-        """
-        if uid is not None and self.uid != uid:
-            return False
-        if self.state == "starting":
-            return procfs.is_alive(self.owner_pid, self.owner_starttime, uid=uid)
-        return procfs.is_alive(self.pid, self.starttime, uid=uid, init=True)
-
-    def to_json(self) -> dict[str, Any]:
-        """The on-disk form: Singularity's field names first, then ours."""
-        return {
-            "instance": self.name,
-            "pid": self.pid,
-            "img": self.image,
-            "ip": self.ip,
-            "logErrPath": self.log_err,
-            "logOutPath": self.log_out,
-            "schema": SCHEMA,
-            "state": self.state,
-            "starttime": self.starttime,
-            "ownerPid": self.owner_pid,
-            "ownerStarttime": self.owner_starttime,
-            "imageKind": self.image_kind,
-            "startedAt": self.started_at,
-            "uid": self.uid,
-            "user": self.user,
-            "cwd": self.cwd,
-            "servicePid": self.service_pid,
-            "serviceStarttime": self.service_starttime,
-            "options": self.options,
-            "namespaces": self.namespaces,
-            "loop": self.loop,
-            "cgroup": self.cgroup,
-            "netns": self.netns,
-        }
-
-    @classmethod
-    def from_json(cls, data: object) -> InstanceRecord:
-        """Parse an on-disk record; any malformation raises ``ValueError``."""
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ValueError("not an instancelib record of a known schema")
-        try:
-            return cls(
-                name=data["instance"], state=data["state"], pid=data["pid"],
-                starttime=data["starttime"], owner_pid=data["ownerPid"],
-                owner_starttime=data["ownerStarttime"], image=str(data["img"]),
-                image_kind=str(data["imageKind"]), ip=str(data["ip"]),
-                log_out=str(data["logOutPath"]), log_err=str(data["logErrPath"]),
-                started_at=float(data["startedAt"]), uid=_int(data["uid"]),
-                user=str(data["user"]), cwd=str(data["cwd"]),
-                service_pid=_int(data["servicePid"]),
-                service_starttime=_int(data["serviceStarttime"]),
-                options=dict(data["options"]), namespaces=_int(data["namespaces"]),
-                loop=data["loop"], cgroup=_optional_dict(data["cgroup"]),
-                netns=data["netns"],
-            )
-        except (KeyError, TypeError, InvalidName) as err:
-            raise ValueError(f"malformed record: {err}") from err
-
-
-def _optional_dict(value: object) -> dict[str, Any] | None:
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"expected an object or null, got {value!r}")
-    return value
-
-
-def _int(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return value
 
 
 def default_root() -> Path:
@@ -246,9 +78,9 @@ class InstanceRegistry:
             self.root = (Path(root).absolute() if root is not None
                          else Path(entry.pw_dir) / ".instancelib")
         self.host = socket.gethostname()
-        self.instances_dir = self.root / "instances" / self.host
-        self.logs_dir = self.root / "logs" / self.host
-        self._records_prefix = f"{self.instances_dir}/"  # str paths: list() is a hot path
+        self.store = RecordStore(self.root, self.owner_uid, self.host)
+        self.instances_dir = self.store.instances_dir
+        self.logs_dir = self.store.logs_dir
         # Parsed records by name, with the (inode, mtime, size) of the file they
         # came from.  A record file is never modified, only replaced (rename),
         # so an unchanged key means an unchanged record; liveness is still
@@ -282,7 +114,10 @@ class InstanceRegistry:
         from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
 
         validate_name(name)
-        record = self._load(name) if self._readable() else None
+        with self.store.opened() as dir_fd:
+            record = self._load(dir_fd, name) if dir_fd is not None else None
+            if record is None and dir_fd is not None and self.store.held(dir_fd, name):
+                record = next((r for r in self.store.lost_locks(dir_fd, {name})), None)
         if record is None or record.state != "running":
             raise NotFound(f"no instance named {name!r} is running", name=name)
         return Instance._from_record(record, self)
@@ -300,47 +135,50 @@ class InstanceRegistry:
         stop_instances(instances, signal=signal, timeout=timeout, force=force)
         return [instance.name for instance in instances]
 
+    def recover(self) -> builtins.list[Instance]:
+        """Find this registry's running instances whose records were lost; list them again.
+
+        Records that are torn, garbled or deleted are re-published from their
+        instances' PID 1s whenever they are read (their names stay claimed
+        meanwhile); this finds the instances whose record *and* name lock
+        were deleted, by a scan of this user's processes (slower: for
+        repairs, ``instance list --recover``).  Returns the instances recovered.
+        """
+        from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
+
+        return [Instance._from_record(record, self) for record in self.store.recover_all()]
+
     # -- records ----------------------------------------------------------------------------
 
     def records(self, pattern: str = "*") -> builtins.list[InstanceRecord]:
         """Records of running instances matching ``pattern`` (dead ones are pruned)."""
         found: builtins.list[InstanceRecord] = []
-        if not self._readable():
-            return found
-        match_all = pattern == "*"
-        for name, key in self._entries():
-            if not match_all and not fnmatch.fnmatchcase(name, pattern):
-                continue
-            cached = self._parsed.get(name)
-            if cached is not None and cached[0] == key and cached[1].is_alive(self.owner_uid):
-                record: InstanceRecord | None = cached[1]
-            else:
-                record = self._load(name)
-                if record is not None:
-                    self._parsed[name] = (key, record)
+        with self.store.opened() as dir_fd:
+            if dir_fd is None:
+                return found
+            match_all = pattern == "*"
+            entries, locks = self.store.entries(dir_fd)
+            for name, key in entries.items():
+                if not match_all and not fnmatch.fnmatchcase(name, pattern):
+                    continue
+                cached = self._parsed.get(name)
+                if cached is not None and cached[0] == key and cached[1].is_alive(self.owner_uid):
+                    record: InstanceRecord | None = cached[1]
                 else:
-                    self._parsed.pop(name, None)
-            if record is not None and record.state == "running":
-                found.append(record)
+                    record = self._load(dir_fd, name)
+                    if record is not None:
+                        self._parsed[name] = (key, record)
+                    else:
+                        self._parsed.pop(name, None)
+                if record is not None and record.state == "running":
+                    found.append(record)
+            lost = {name for name in locks - entries.keys()
+                    if match_all or fnmatch.fnmatchcase(name, pattern)}
+            if lost:
+                found.extend(r for r in self.store.lost_locks(dir_fd, lost)
+                             if r.state == "running")
         found.sort(key=lambda r: r.name)
         return found
-
-    def _entries(self) -> Iterator[tuple[str, tuple[int, int, int]]]:
-        """(name, (inode, mtime_ns, size)) of every record file."""
-        try:
-            entries = os.scandir(self.instances_dir)
-        except FileNotFoundError:
-            return
-        with entries:
-            for entry in entries:
-                # Temporary files end in ".tmp" and the lock is ".lock": only
-                # records end in ".json" (names may start with a dot).
-                if entry.name.endswith(".json"):
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    yield entry.name[:-5], (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def record_path(self, name: str) -> Path:
         return self.instances_dir / f"{name}.json"
@@ -348,174 +186,58 @@ class InstanceRegistry:
     def env_path(self, name: str) -> Path:
         return self.instances_dir / f"{name}.env"
 
+    def lock_path(self, name: str) -> Path:
+        return self.instances_dir / f"{name}.lock"
+
     def log_paths(self, name: str) -> tuple[Path, Path]:
         return self.logs_dir / f"{name}.out", self.logs_dir / f"{name}.err"
 
     def _read(self, name: str) -> InstanceRecord | None:
-        """Read a record; ``None`` if absent.  An unreadable record counts as absent."""
-        try:
-            fd = os.open(f"{self._records_prefix}{name}.json",
-                         os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                return None
-            raise RegistryError("cannot read an instance record", name=name,
-                                path=str(self.record_path(name)), errno=err.errno) from err
-        try:
-            data = os.read(fd, _READ_CHUNK)
-            while len(data) <= _MAX_RECORD and len(data) % _READ_CHUNK == 0:
-                more = os.read(fd, _READ_CHUNK)
-                if not more:
-                    break
-                data += more
-        finally:
-            os.close(fd)
-        try:
-            if not data or len(data) > _MAX_RECORD:
-                raise ValueError("empty or too large")
-            record = InstanceRecord.from_json(json.loads(data))
-        except ValueError:
-            return None
-        return record if record.name == name else None
+        """The record file's content as it is (no liveness check, no pruning)."""
+        with self.store.opened() as dir_fd:
+            return self.store.read(dir_fd, name) if dir_fd is not None else None
 
-    def _load(self, name: str) -> InstanceRecord | None:
+    def _write(self, record: InstanceRecord) -> None:
+        """Write a record file as it is (for tests and repairs)."""
+        with self.store.opened(create=True) as dir_fd:
+            assert dir_fd is not None
+            self.store.write_record(dir_fd, record)
+
+    def _load(self, dir_fd: int, name: str) -> InstanceRecord | None:
         """Read a record and prune it if its instance has ended (or is not this user's)."""
-        record = self._read(name)
-        if record is None:
-            if os.path.lexists(f"{self._records_prefix}{name}.json"):
-                self._prune(name, None)  # garbage: remove it
-            return None
-        if record.is_alive(self.owner_uid):
-            return record
-        self._prune(name, record)
-        if record.cgroup is not None and record.state == "running" and (
+        record = self.store.read(dir_fd, name)
+        if record is not None and record.is_alive(self.owner_uid) and (
+                record.state == "running" or self.store.held(dir_fd, name)):
+            return record  # (a start holds the name's lock for as long as it runs)
+        recovered = self.store.discard(name, record)
+        if recovered is not None:
+            return recovered
+        if record is not None and record.cgroup is not None and record.state == "running" and (
                 record.uid == os.geteuid() or has_host_root()):
             # Its PID 1 ended without a stop (killed from outside): its cgroup goes too.
             from instancelib.cgroups import tree  # noqa: PLC0415 (rarely needed)
 
-            info = tree.CgroupInfo.from_dict(record.cgroup)
-            if info is not None:
-                tree.remove(info, wait=0.5)
+            tree.remove_dead(record.cgroup, record.uid)
         return None
-
-    # -- directories ------------------------------------------------------------------------
-
-    def _check_dir(self, path: Path) -> bool:
-        """True for a plain directory of the owner, False if absent; raise for anything else."""
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            return False
-        if stat.S_ISLNK(info.st_mode):
-            raise RegistryError("refusing a registry directory that is a symlink", path=str(path))
-        if not stat.S_ISDIR(info.st_mode):
-            raise RegistryError("the registry path is not a directory", path=str(path))
-        if info.st_uid != self.owner_uid:
-            raise PermissionDenied(f"the registry directory belongs to UID {info.st_uid}, not "
-                                   f"UID {self.owner_uid}", path=str(path))
-        if info.st_mode & 0o022:
-            raise RegistryError(f"the registry directory is writable by others "
-                                f"(mode {stat.S_IMODE(info.st_mode):o})", path=str(path))
-        return True
-
-    def _readable(self) -> bool:
-        """Check the records' directories; False when they do not exist (no instances)."""
-        return all(self._check_dir(d) for d in
-                   (self.root, self.root / "instances", self.instances_dir))
 
     # -- writing ----------------------------------------------------------------------------
 
     def ensure_dirs(self) -> None:
         """Create the registry's directories (0700) if needed, and check each of them."""
-        try:
-            self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as err:
-            raise RegistryError("cannot create the registry directory",
-                                path=str(self.root.parent), errno=err.errno) from err
-        for directory in (self.root, self.root / "instances", self.instances_dir,
-                          self.root / "logs", self.logs_dir):
-            if self._check_dir(directory):
-                continue
-            try:
-                directory.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
-            except OSError as err:
-                raise RegistryError("cannot create the registry directory",
-                                    path=str(directory), errno=err.errno) from err
-            self._check_dir(directory)
+        self.store.ensure()
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.instances_dir / ".lock",
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def claim(self, record: InstanceRecord) -> None:
-        """Write ``record`` (state "starting") if no live instance holds its name.
-
-        Raises:
-            NameConflict: a running or starting instance has the name.
-        """
-        self.ensure_dirs()
-        with self._locked():
-            existing = self._read(record.name)
-            if existing is not None and existing.is_alive(self.owner_uid):
-                what = "is already running" if existing.state == "running" else (
-                    f"is being started by process {existing.owner_pid}")
-                raise NameConflict(f"an instance named {record.name!r} {what}",
-                                   name=record.name, pid=existing.pid or existing.owner_pid)
-            self._write(record)
+    def claim(self, record: InstanceRecord) -> NameLock:
+        """Take ``record``'s name and write it (state "starting"); see ``RecordStore.claim``."""
+        return self.store.claim(record)
 
     def publish(self, record: InstanceRecord, env: dict[str, str]) -> None:
         """Replace the claim with the running instance's record (and its environment)."""
-        self._write_file(self.env_path(record.name), json.dumps(env).encode())
-        self._write(record)
-
-    def _write(self, record: InstanceRecord) -> None:
-        self._write_file(self.record_path(record.name), json.dumps(record.to_json()).encode())
-
-    def _write_file(self, path: Path, data: bytes) -> None:
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(temporary, path)
+        self.store.publish(record, env)
 
     def remove(self, record: InstanceRecord) -> None:
         """Remove ``record``'s files, unless the name was claimed again by someone else."""
-        self._prune(record.name, record)
-
-    def _prune(self, name: str, seen: InstanceRecord | None) -> None:
-        with contextlib.suppress(FileNotFoundError), self._locked():
-            current = self._read(name)
-            if seen is not None and current is not None and (
-                (current.pid, current.starttime, current.owner_pid)
-                != (seen.pid, seen.starttime, seen.owner_pid)
-            ):
-                return  # replaced meanwhile by a new instance of that name
-            if seen is None and current is not None:
-                return  # it became readable meanwhile
-            for path in (self.record_path(name), self.env_path(name)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        self.store.discard(record.name, record)
 
     def load_env(self, name: str) -> dict[str, str]:
         """The environment stored for ``name`` at start."""
-        try:
-            data = json.loads(self.env_path(name).read_bytes())
-        except (OSError, ValueError) as err:
-            raise RegistryError("cannot read the instance's environment", name=name,
-                                path=str(self.env_path(name))) from err
-        if not isinstance(data, dict):
-            raise RegistryError("malformed instance environment", name=name)
-        return {str(k): str(v) for k, v in data.items()}
+        return self.store.load_env(name)

@@ -131,11 +131,16 @@ def test_starting_records_are_hidden_but_hold_the_name(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     me = procfs.read_stat(os.getpid())
     assert me is not None
-    registry.claim(InstanceRecord(name="s", state="starting", owner_pid=me.pid,
-                                  owner_starttime=me.starttime, uid=os.geteuid()))
+    lock = registry.claim(InstanceRecord(name="s", state="starting", owner_pid=me.pid,
+                                         owner_starttime=me.starttime, uid=os.geteuid()))
     assert registry.records() == []
     with pytest.raises(NameConflict, match="being started"):
         registry.claim(own_record("s"))
+    # A start holds the name's lock while it runs: once let go, the claim is abandoned.
+    lock.close()
+    assert registry.records() == []
+    registry.claim(own_record("s")).close()
+    assert [r.name for r in registry.records()] == ["s"]
 
 
 def test_list_filters_by_glob(tmp_path, own_record):
@@ -161,7 +166,8 @@ def test_writes_leave_no_temporary_files(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     registry.publish(own_record("a"), {"K": "V"})
-    assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.env", "a.json"]
+    assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.env", "a.json",
+                                                                         "a.lock"]
     assert registry.load_env("a") == {"K": "V"}
 
 

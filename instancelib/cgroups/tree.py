@@ -42,7 +42,7 @@ from instancelib.linux.userns import has_host_root
 
 __all__ = [
     "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt", "detect", "is_frozen", "live_info", "plan",
-    "remove",
+    "remove", "remove_dead",
 ]
 
 log = logging.getLogger("instancelib")
@@ -467,23 +467,83 @@ def _v2_name(v1_controller: str) -> str:
 # -- a running instance's cgroup -----------------------------------------------------------------
 
 
-def live_info(pid: int, recorded: CgroupInfo | None) -> CgroupInfo | None:
-    """The recorded cgroup, if process ``pid`` really is in it (else None).
+def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupInfo | None:
+    """The cgroup of process ``pid`` (an instance's PID 1, of owner ``uid``), from the kernel.
 
-    A record could name any directory; the live process's own
-    ``/proc/PID/cgroup`` is the proof, checked before anything is frozen or killed.
+    Only what the live process's ``/proc/PID/cgroup`` says counts, never a
+    record: a leaf ``i.UID.N.HEX`` of that owner directly under our tree in a
+    hierarchy, whose directory belongs to that owner.  ``recorded`` (the
+    record's view) only labels which version serves each controller.  None
+    when the process is in no cgroup of ours.
     """
-    if recorded is None:
-        return None
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
-    paths = {line.partition(":")[2].partition(":")[2] for line in lines}
-    if recorded.name not in paths:
+    hierarchies = detect()
+    v2_dir: str | None = None
+    v1_dirs: dict[str, str] = {}
+    name = ""
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not _is_instance_leaf(path, uid):
+            continue
+        if hierarchy == "0" and not controllers:
+            if hierarchies.v2_mount and _owned_by(hierarchies.v2_mount + path, uid):
+                v2_dir, name = hierarchies.v2_mount + path, name or path
+            continue
+        for controller in controllers.split(","):
+            mount = hierarchies.v1_mounts.get(controller)
+            if mount and _owned_by(mount + path, uid):
+                v1_dirs[controller] = mount + path
+                name = name or path
+    if v2_dir is None and not v1_dirs:
         return None
-    return recorded
+    labels = dict(recorded.controllers) if recorded is not None else {}
+    served = {c: version for c, version in labels.items()
+              if (version == "v2" and v2_dir is not None)
+              or (version == "v1" and any(n in v1_dirs for n in V1_NAMES.get(c, ())))}
+    for controller, names in V1_NAMES.items():
+        if controller not in served and any(n in v1_dirs for n in names):
+            served[controller] = "v1"
+    return CgroupInfo(name=name, v2=v2_dir, v1=v1_dirs, controllers=served)
+
+
+def _is_instance_leaf(path: str, uid: int) -> bool:
+    """``.../instancelib/i.UID.N.HEX``: an instance's (or a spare's) cgroup of that owner."""
+    parent, _, leaf = path.rpartition("/")
+    parts = leaf.split(".")
+    return (os.path.basename(parent) == TREE and len(parts) == 4 and parts[0] == "i"
+            and parts[1] == str(uid) and parts[2].isdigit() and parts[3].isalnum()
+            and ".." not in path.split("/") and path.startswith("/"))
+
+
+def _owned_by(directory: str, uid: int) -> bool:
+    try:
+        return os.lstat(directory).st_uid == uid
+    except OSError:
+        return False
+
+
+def remove_dead(recorded: Any, uid: int) -> None:
+    """Remove the cgroup a record names for an instance found dead (never kill anything).
+
+    Only directories in our tree, named as that owner's instance cgroups and
+    belonging to that owner; ``rmdir`` removes nothing that still has processes.
+    """
+    info = CgroupInfo.from_dict(recorded)
+    if info is None:
+        return
+    directories = [d for d in [info.v2, *info.v1.values()] if d]
+    mounts = detect()
+    for directory in directories:
+        relative = _relative(directory, mounts)
+        if relative == directory or not _is_instance_leaf(relative, uid) \
+                or not _owned_by(directory, uid):
+            return
+    remove(info, wait=0.5)
 
 
 def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:

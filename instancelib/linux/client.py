@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from instancelib.errors import StartError, Unsupported
@@ -38,6 +40,7 @@ _BOOTSTRAP = (
     "forkserver.main(int(sys.argv[2]))\n"
 )
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SPARE_EXIT_WAIT = 1.0  # seconds a dead server's spare may take to exit
 
 
 class ForkServer:
@@ -66,11 +69,14 @@ class ForkServer:
         self.owner_pid = os.getpid()
         self.broken = False
         self._lock = threading.Lock()
+        self.cgroup_bases: set[str] = set()  # where its spares' cgroups are made
 
     def request(self, message: dict[str, Any],
                 fds: list[int] | None = None) -> tuple[dict[str, Any], list[int]]:
         """Send one request; return the server's reply and the fds that came with it."""
         received: list[int] = []
+        if message.get("op") == "start":
+            self.cgroup_bases.update(message["plan"].get("cgroup_bases") or ())
         with self._lock:
             if self.broken:
                 raise StartError("the fork-server connection was interrupted; retry")
@@ -89,9 +95,41 @@ class ForkServer:
                 raise
         if reply is None:
             code = self.process.poll()
+            self.sweep_after_death()
             raise StartError(f"the fork-server died (exit status {code}); "
                              "set INSTANCELIB_DEBUG=1 to see its output")
         return reply, received
+
+    def sweep_after_death(self) -> None:
+        """Remove the cgroups of a dead server's spare (named ``i.UID.SERVERPID.*``).
+
+        A killed server cannot remove them itself; its spare exits as the
+        server's socket closes, which empties them.  Only empty cgroups are
+        removed, and only before a new server (which could get the same PID)
+        is started.
+        """
+        if self.process.poll() is None or not self.cgroup_bases:
+            return
+        prefix = f"i.{os.geteuid()}.{self.process.pid}."
+        directories = []
+        for base in self.cgroup_bases:
+            with contextlib.suppress(OSError):
+                directories += [os.path.join(base, e) for e in os.listdir(base)
+                                if e.startswith(prefix)]
+        deadline = time.monotonic() + _SPARE_EXIT_WAIT
+        while directories:
+            busy = []
+            for directory in directories:
+                try:
+                    os.rmdir(directory)
+                except OSError as err:
+                    if err.errno == errno.EBUSY:
+                        busy.append(directory)
+            directories = busy
+            if not directories or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        self.cgroup_bases.clear()
 
     def alive(self) -> bool:
         return not self.broken and self.process.poll() is None
@@ -122,6 +160,8 @@ def get_forkserver() -> ForkServer:
     with _state.lock:
         server = _state.server
         if server is None or not server.alive() or server.owner_pid != os.getpid():
+            if server is not None and server.owner_pid == os.getpid():
+                server.sweep_after_death()
             server = _state.server = ForkServer()
         return server
 
@@ -139,7 +179,10 @@ def _shutdown() -> None:
     server = _state.server
     if server is not None and server.owner_pid == os.getpid():
         _state.server = None
+        dead = server.process.poll() is not None
         server.close()
+        if dead:
+            server.sweep_after_death()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -43,6 +43,8 @@ from instancelib.linux.launch import run_launcher
 __all__ = ["main"]
 
 _SPARE_EXIT_WAIT = 1.0  # seconds an unused spare may take to exit (then its cgroup goes)
+_ABANDONED_WAIT = 2.0  # seconds to learn the fate of starts a dead caller left in flight
+_KEEP_DIED = 64
 
 
 class _Spare:
@@ -112,6 +114,31 @@ class _Spare:
                     os.rmdir(base)  # the tree's top, if nothing else is in it
 
 
+class _Handed:
+    """A PID 1 handed to a start, watched until it says "committed" (or dies first).
+
+    ``cgroups`` are the directories its start may have made: its spare's,
+    and the ones the caller makes when the spare had none.  If the caller
+    dies during the start, nobody else knows them.
+    """
+
+    def __init__(self, sock: socket.socket, cgroups: list[str]) -> None:
+        self.sock = sock
+        self.cgroups = cgroups
+        self.died = False
+
+    def resolve(self) -> None:
+        """Read its word: "committed", or EOF (it died before the caller recorded it)."""
+        try:
+            message, fds = wire.recv_message(self.sock)
+        except OSError:
+            message, fds = None, []
+        for fd in fds:
+            os.close(fd)
+        self.died = message is None or message.get("event") != "committed"
+        self.sock.close()
+
+
 class _Server:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -120,6 +147,8 @@ class _Server:
         signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         self.spare: _Spare | None = None
         self.poller = select.poll()
+        self.handed: dict[int, _Handed] = {}   # by socket fd, until resolved
+        self.died: list[_Handed] = []          # resolved as died: cleaned if the caller dies
 
     def serve(self) -> None:
         try:
@@ -128,6 +157,28 @@ class _Server:
             if self.spare is not None:
                 self.spare.discard()
                 self.spare = None
+            self._clean_abandoned()
+
+    def _clean_abandoned(self) -> None:
+        """The caller is gone: remove the cgroups of the starts it left half-done.
+
+        A PID 1 whose caller died before recording it kills itself at once
+        (it sees its channel close); one already committed says so.  So a
+        short wait tells every start's fate.
+        """
+        deadline = time.monotonic() + _ABANDONED_WAIT
+        while self.handed and time.monotonic() < deadline:
+            ready = select.select(list(self.handed), [], [],
+                                  max(0.0, deadline - time.monotonic()))[0]
+            for fd in ready:
+                handed = self.handed.pop(fd)
+                handed.resolve()
+                if handed.died:
+                    self.died.append(handed)
+        _remove_cgroups([d for handed in self.died for d in handed.cgroups])
+        for top in {os.path.dirname(d) for handed in self.died for d in handed.cgroups}:
+            with contextlib.suppress(OSError):
+                os.rmdir(top)  # our tree's top, if nothing else is in it
 
     def _serve(self) -> None:
         self.poller.register(self.sock.fileno(), select.POLLIN)
@@ -141,6 +192,12 @@ class _Server:
                 elif self.spare is not None and fd == self.spare.sock.fileno():
                     self.poller.unregister(fd)
                     self.spare.receive_report()
+                elif fd in self.handed:
+                    self.poller.unregister(fd)
+                    handed = self.handed.pop(fd)
+                    handed.resolve()
+                    if handed.died:  # the caller cleans up; we do if it dies too
+                        self.died = [*self.died[-_KEEP_DIED:], handed]
                 elif fd == self.sock.fileno() and not self.serve_one():
                     return
 
@@ -207,7 +264,10 @@ class _Server:
                 spare.discard(keep_tops=bases)
                 continue  # the spare died (killed from outside): make another
             pidfd, spare.pidfd = spare.pidfd, -1
-            spare.close()
+            leaves = [leaf for leaf in (spare.cgroup_leaf, plan.get("cgroup_leaf")) if leaf]
+            handed = _Handed(spare.sock, [os.path.join(b, leaf) for leaf in leaves for b in bases])
+            self.handed[spare.sock.fileno()] = handed
+            self.poller.register(spare.sock.fileno(), select.POLLIN)
             return {"ok": True, "init_pid": spare.pid, "cgroup_leaf": spare.cgroup_leaf}, [pidfd]
         return {"ok": False, "step": "make a PID 1", "errno": None,
                 "message": "spare PID 1 processes keep dying"}, []
@@ -254,6 +314,8 @@ class _Server:
             self.sock.close()
             if self.spare is not None:
                 self.spare.close()
+            for handed in self.handed.values():
+                handed.sock.close()
         return pid
 
 

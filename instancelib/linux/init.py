@@ -48,6 +48,7 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _FORWARD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
                     signal.SIGWINCH)
 _HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, *_FORWARD_SIGNALS)
+_KEPT: list[int] = []
 
 
 def run_spare(control: socket.socket) -> None:
@@ -60,18 +61,23 @@ def run_spare(control: socket.socket) -> None:
         job, fds = wire.recv_message(control)
     except OSError:
         os._exit(1)
-    control.close()
     if job is None or len(fds) != 3:
         os._exit(0)
     with contextlib.suppress(BlockingIOError):  # signals that reached the spare are not ours
         os.read(wakeup, 4096)
     channel_fd, out_fd, err_fd = fds
-    run_init(job["plan"], socket.socket(fileno=channel_fd), out_fd, err_fd, wakeup)
+    run_init(job["plan"], socket.socket(fileno=channel_fd), out_fd, err_fd, wakeup,
+             control=control)
 
 
 def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: int,
-             wakeup: int) -> None:
-    """Become the instance described by ``plan``; never returns."""
+             wakeup: int, *, control: socket.socket | None = None) -> None:
+    """Become the instance described by ``plan``; never returns.
+
+    ``control`` (the fork-server's socket) hears "committed" once the caller
+    has recorded us; if we die before that, the fork-server sees it close
+    without a word, and cleans up after us should the caller be gone too.
+    """
     try:
         _name_process(plan["name"], plan["user"])
         try:
@@ -106,12 +112,19 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
         wire.send_message(channel, {"event": "ready", "env": env, "cwd": cwd,
                                     "service": service, "notes": report["notes"],
                                     "loop": report["loop"]})
-        answer, _ = wire.recv_message(channel)
+        answer, kept = wire.recv_message(channel)
         if answer is None or answer.get("event") != "commit":
             # The caller is gone (or gave up) before recording us: leave nothing running.
             with contextlib.suppress(OSError):
                 os.kill(-1, signal.SIGKILL)
             os._exit(1)
+        # The name's lock and the copy of our record (see ``recordstore``): kept open,
+        # close-on-exec, for as long as we live.  Nothing else is done with them.
+        _KEPT.extend(kept)
+        if control is not None:
+            with contextlib.suppress(OSError):
+                wire.send_message(control, {"event": "committed"})
+            control.close()
     except BaseException as err:  # report anything unexpected rather than vanish
         with contextlib.suppress(Exception):
             wire.send_message(channel, {"event": "error", "step": "init",

@@ -24,7 +24,9 @@ __all__ = [
     "ProcStat",
     "children_of",
     "is_alive",
+    "open_files",
     "open_verified_pidfd",
+    "processes_named",
     "read_stat",
     "wait_pidfd",
 ]
@@ -138,3 +140,42 @@ def children_of(pid: int, proc_root: str | None = None) -> list[int]:
             return [int(x) for x in f.read().split()]
     except (FileNotFoundError, ProcessLookupError):
         return []
+
+
+def processes_named(comm: str, *, uid: int | None = None) -> list[ProcStat]:
+    """Every running process whose kernel name is ``comm`` (and owner ``uid``).
+
+    A scan of all of /proc: for rare paths (finding an instance whose record
+    was lost), never for a hot one.
+    """
+    found = []
+    with os.scandir(PROC_ROOT) as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            stat = read_stat(int(entry.name), owner=uid is not None)
+            if (stat is not None and stat.running and stat.comm == comm
+                    and (uid is None or stat.uid == uid)):
+                found.append(stat)
+    return found
+
+
+def open_files(pid: int) -> list[tuple[int, str, tuple[int, int]]]:
+    """(fd, what it names, (device, inode) of the open file) for each descriptor of ``pid``.
+
+    Needs the right to look at the process's descriptors (its owner, or root).
+    """
+    directory = f"{PROC_ROOT}/{pid}/fd"
+    found = []
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    for name in names:
+        try:
+            target = os.readlink(f"{directory}/{name}")
+            info = os.stat(f"{directory}/{name}")
+        except OSError:
+            continue
+        found.append((int(name), target, (info.st_dev, info.st_ino)))
+    return found

@@ -1,0 +1,233 @@
+"""Instance records: the value, its JSON form, the name lock and PID 1's copy of them.
+
+``InstanceRecord`` is what the registry stores about one instance (the
+fields of Singularity's ``instance list --json`` plus ours, and a schema
+version).  ``NameLock`` is a claimed name (see ``recordstore``);
+``record_copy`` makes the sealed in-memory copy of a record that the
+instance's PID 1 keeps, from which a lost record is re-published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from typing import Any
+
+import attrs
+
+from instancelib.errors import InvalidName
+from instancelib.linux import procfs
+
+__all__ = ["COPY_NAME", "InstanceRecord", "NameLock", "record_copy", "validate_name"]
+
+SCHEMA = 1
+COPY_NAME = "instancelib-record"   # the memfd PID 1 keeps (shows as /memfd:NAME)
+_NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
+MAX_COPY = 8 << 20                 # a record plus an environment of up to ARG_MAX
+_SEALS = getattr(fcntl, "F_SEAL_SEAL", 1) | getattr(fcntl, "F_SEAL_SHRINK", 2) | \
+    getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_WRITE", 8)
+
+
+def validate_name(name: object) -> str:
+    """Check an instance name against Singularity's rule; return it.
+
+    Raises:
+        InvalidName: not a string of ``[a-zA-Z0-9._-]``, empty, ``.``/``..``,
+            or longer than 128 characters.
+    """
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or len(name) > 128:
+        raise InvalidName(
+            f"instance name must match [a-zA-Z0-9._-]+ (not '.' or '..', at most 128 "
+            f"characters); got {name!r}"
+        )
+    return name
+
+
+@attrs.frozen(kw_only=True)
+class InstanceRecord:
+    """What the registry stores about one instance.
+
+    ``state`` is ``"starting"`` while ``Instance.start`` runs (the name is
+    claimed; ``owner_pid``/``owner_starttime`` identify the starting process)
+    and ``"running"`` once PID 1 is up (``pid``/``starttime`` identify it).
+    """
+
+    name: str
+    state: str
+    pid: int = 0
+    starttime: int = 0
+    owner_pid: int = 0
+    owner_starttime: int = 0
+    image: str = ""
+    image_kind: str = "sandbox"
+    ip: str = ""
+    log_out: str = ""
+    log_err: str = ""
+    started_at: float = 0.0
+    uid: int = -1
+    user: str = ""
+    cwd: str = "/"
+    service_pid: int = 0
+    service_starttime: int = 0
+    options: dict[str, Any] = attrs.field(factory=dict)
+    namespaces: int = 0
+    loop: str | None = None
+    cgroup: dict[str, Any] | None = None
+    netns: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        # One check for all fields (not one validator each): records are
+        # built a thousand at a time by list().
+        validate_name(self.name)
+        if self.state not in ("starting", "running"):
+            raise ValueError(f"state must be 'starting' or 'running' (got {self.state!r})")
+        for value in (self.pid, self.starttime, self.owner_pid, self.owner_starttime):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"PIDs and start times must be integers >= 0 (got {value!r})")
+
+    def is_alive(self, uid: int | None = None) -> bool:
+        """Whether the process this record stands for is still running (PID-reuse safe).
+
+        With ``uid``, the record and the process must also belong to that user.
+        """
+        if uid is not None and self.uid != uid:
+            return False
+        if self.state == "starting":
+            return procfs.is_alive(self.owner_pid, self.owner_starttime, uid=uid)
+        return procfs.is_alive(self.pid, self.starttime, uid=uid, init=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk form: Singularity's field names first, then ours."""
+        return {
+            "instance": self.name,
+            "pid": self.pid,
+            "img": self.image,
+            "ip": self.ip,
+            "logErrPath": self.log_err,
+            "logOutPath": self.log_out,
+            "schema": SCHEMA,
+            "state": self.state,
+            "starttime": self.starttime,
+            "ownerPid": self.owner_pid,
+            "ownerStarttime": self.owner_starttime,
+            "imageKind": self.image_kind,
+            "startedAt": self.started_at,
+            "uid": self.uid,
+            "user": self.user,
+            "cwd": self.cwd,
+            "servicePid": self.service_pid,
+            "serviceStarttime": self.service_starttime,
+            "options": self.options,
+            "namespaces": self.namespaces,
+            "loop": self.loop,
+            "cgroup": self.cgroup,
+            "netns": self.netns,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> InstanceRecord:
+        """Parse an on-disk record; any malformation raises ``ValueError``."""
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError("not an instancelib record of a known schema")
+        try:
+            return cls(
+                name=data["instance"], state=data["state"], pid=data["pid"],
+                starttime=data["starttime"], owner_pid=data["ownerPid"],
+                owner_starttime=data["ownerStarttime"], image=str(data["img"]),
+                image_kind=str(data["imageKind"]), ip=str(data["ip"]),
+                log_out=str(data["logOutPath"]), log_err=str(data["logErrPath"]),
+                started_at=float(data["startedAt"]), uid=_int(data["uid"]),
+                user=str(data["user"]), cwd=str(data["cwd"]),
+                service_pid=_int(data["servicePid"]),
+                service_starttime=_int(data["serviceStarttime"]),
+                options=dict(data["options"]), namespaces=_int(data["namespaces"]),
+                loop=data["loop"], cgroup=_optional_dict(data["cgroup"]),
+                netns=data["netns"],
+            )
+        except (KeyError, TypeError, InvalidName) as err:
+            raise ValueError(f"malformed record: {err}") from err
+
+
+def _optional_dict(value: object) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"expected an object or null, got {value!r}")
+    return value
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+class NameLock:
+    """A claimed name: the open, exclusively locked ``<name>.lock``.
+
+    The starter passes ``fd`` to the instance's PID 1 and then closes its own
+    copy; the lock lasts as long as any copy is open.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        """Let go of this copy of the lock (the name is free once no copy is open)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> NameLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A claim dropped without close() must not keep the name for the process's life.
+        with contextlib.suppress(OSError, AttributeError):
+            self.close()
+
+
+def record_copy(record: InstanceRecord, env: dict[str, str], registry: tuple[int, int],
+                instances_dir: str) -> int:
+    """A sealed memfd holding the record and environment, for PID 1 to keep."""
+    data = json.dumps({"record": record.to_json(), "env": env, "registry": list(registry),
+                       "instancesDir": instances_dir}).encode()
+    fd = os.memfd_create(COPY_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        write_all(fd, data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_writer_id: list[tuple[int, str]] = []
+
+
+def writer_id() -> str:
+    """``PID-STARTTIME`` of this process, in temporary files' names (to tell dead writers)."""
+    pid = os.getpid()
+    if not _writer_id or _writer_id[0][0] != pid:
+        me = procfs.read_stat(pid)
+        _writer_id[:] = [(pid, f"{pid}-{me.starttime if me else 0}")]
+    return _writer_id[0][1]
+
+
+def dead_writer(temporary: str) -> bool:
+    """Whether a temporary file's writer (``.FILE.PID-STARTTIME.RANDOM.tmp``) has ended."""
+    writer = temporary.rsplit(".", 3)[-3] if temporary.count(".") >= 4 else ""
+    pid, _, starttime = writer.partition("-")
+    if not (pid.isdigit() and starttime.isdigit()):
+        return False  # not one of ours: leave it
+    return not procfs.is_alive(int(pid), int(starttime))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,591 @@
+"""The files of one owner's registry: directories, records, locks, logs, recovery.
+
+Layout (``root`` is ``$INSTANCELIB_HOME`` or ``~/.instancelib``)::
+
+    root/instances/<hostname>/<name>.json   the record (what ``instance list`` shows)
+    root/instances/<hostname>/<name>.env    the instance's environment, for exec
+    root/instances/<hostname>/<name>.lock   the name's lock: held by the instance's PID 1
+    root/instances/<hostname>/.lock         serialises claims, prunes and recoveries
+    root/logs/<hostname>/<name>.out|.err    the service's output (appended)
+
+**Hostile directories.**  Root may act on a user's registry (``user=``), and
+the user can swap anything in it at any moment.  So every directory is
+opened once, with ``O_DIRECTORY | O_NOFOLLOW``, relative to the one above,
+and checked on its descriptor (a directory of the owner that others cannot
+write); every scan, open, rename and unlink then happens relative to that
+descriptor.  Files are opened with ``O_NOFOLLOW | O_NONBLOCK`` and must be
+regular files of the owner (a FIFO cannot hang a reader); a file root
+creates there is given to the owner.
+
+**Never lose an instance.**  A name is claimed under the registry lock by
+taking ``<name>.lock`` exclusively; the starter hands that lock to the
+instance's PID 1, which holds it for its whole life together with a sealed
+in-memory copy of its record and environment (``records.record_copy``).  So
+a record that is torn, garbled or deleted never frees the name while the
+instance runs (a second start of the name is a ``NameConflict``), and the
+record is re-published from its PID 1's copy when it is next read; an
+instance whose record and lock file are both gone is found by
+``recover_all`` (a scan of the owner's PID 1s).  Only a name nobody holds is
+ever pruned.
+
+Records are written to a temporary file and renamed into place (a reader
+sees the old or the new record, never half of one), and not fsynced: a
+record describes running processes, none of which survives a crash of the
+machine.  A write that fails (a full disk) raises ``RegistryError`` and
+leaves no temporary file; those of a writer killed mid-write are removed by
+the next scan.
+
+It knows records and files; it knows no ``Instance`` and no cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from instancelib.errors import NameConflict, PermissionDenied, RegistryError
+from instancelib.linux import procfs
+from instancelib.records import (
+    COPY_NAME,
+    MAX_COPY,
+    InstanceRecord,
+    NameLock,
+    dead_writer,
+    record_copy,
+    write_all,
+    writer_id,
+)
+
+__all__ = ["RecordStore"]
+
+log = logging.getLogger("instancelib")
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_RECORD = 1 << 20
+_READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
+
+
+class RecordStore:
+    """The files of one owner's registry on this host (see the module doc)."""
+
+    def __init__(self, root: Path, owner_uid: int, host: str) -> None:
+        self.root = root
+        self.owner_uid = owner_uid
+        self.host = host
+        self.instances_dir = root / "instances" / host
+        self.logs_dir = root / "logs" / host
+
+    # -- directories ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def opened(self, kind: str = "instances", *, create: bool = False) -> Iterator[int | None]:
+        """A checked descriptor of ``instances/<host>`` or ``logs/<host>`` (None: absent)."""
+        fd = self._open_chain(kind, create)
+        try:
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _open_chain(self, kind: str, create: bool) -> int | None:
+        anchor = self.root.parent if self.root.name else self.root
+        parts = ([self.root.name] if self.root.name else []) + [kind, self.host]
+        try:
+            current = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                anchor.mkdir(mode=0o700, parents=True, exist_ok=True)
+                current = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as err:
+                raise RegistryError("cannot create the registry directory", path=str(anchor),
+                                    errno=err.errno) from err
+        except OSError as err:
+            raise RegistryError("cannot open the registry directory", path=str(anchor),
+                                errno=err.errno) from err
+        path = anchor
+        try:
+            if not self.root.name:
+                self._check_dir(current, path)
+            for part in parts:
+                path = path / part
+                child = self._open_dir(current, part, path, create)
+                os.close(current)
+                current = child
+                if current < 0:
+                    return None
+                self._check_dir(current, path)
+        except BaseException:
+            if current >= 0:
+                os.close(current)
+            raise
+        return current
+
+    def _open_dir(self, parent: int, part: str, path: Path, create: bool) -> int:
+        """``part`` in ``parent`` as a directory descriptor; -1 if absent and not ``create``."""
+        for _attempt in range(2):
+            try:
+                return os.open(part, _DIR, dir_fd=parent)
+            except FileNotFoundError:
+                if not create:
+                    return -1
+                try:
+                    os.mkdir(part, 0o700, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                except OSError as err:
+                    raise RegistryError("cannot create the registry directory", path=str(path),
+                                        errno=err.errno) from err
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISLNK(os.stat(part, dir_fd=parent,
+                                                follow_symlinks=False).st_mode):
+                            raise RegistryError("refusing a registry directory that is a "
+                                                "symlink", path=str(path)) from None
+                    raise RegistryError("the registry path is not a directory",
+                                        path=str(path)) from None
+                raise RegistryError("cannot open the registry directory", path=str(path),
+                                    errno=err.errno) from err
+        raise RegistryError("the registry directory keeps disappearing", path=str(path))
+
+    def _check_dir(self, fd: int, path: Path) -> None:
+        info = os.fstat(fd)
+        if info.st_uid != self.owner_uid:
+            raise PermissionDenied(f"the registry directory belongs to UID {info.st_uid}, not "
+                                   f"UID {self.owner_uid}", path=str(path))
+        if info.st_mode & 0o022:
+            raise RegistryError(f"the registry directory is writable by others "
+                                f"(mode {stat.S_IMODE(info.st_mode):o})", path=str(path))
+
+    def ensure(self) -> None:
+        """Create (0700) and check the registry's directories."""
+        for kind in ("instances", "logs"):
+            with self.opened(kind, create=True):
+                pass
+
+    def identity(self, dir_fd: int) -> tuple[int, int]:
+        info = os.fstat(dir_fd)
+        return info.st_dev, info.st_ino
+
+    # -- files ------------------------------------------------------------------------------
+
+    def open_file(self, dir_fd: int, filename: str, flags: int, *, what: str,
+                  directory: Path | None = None) -> int:
+        """Open a file of the registry: never through a link, only a regular file of the owner.
+
+        A file root creates in another user's registry is given to that user.
+
+        Raises:
+            RegistryError: a link, a FIFO or device, or another user's file.
+            FileNotFoundError: absent (and not ``O_CREAT``).
+        """
+        shown = str((directory or self.instances_dir) / filename)
+        base = (flags & ~os.O_CREAT) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        created = False
+        try:
+            if flags & os.O_CREAT:
+                try:
+                    fd = os.open(filename, base | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
+                    created = True
+                except FileExistsError:
+                    fd = os.open(filename, base, dir_fd=dir_fd)
+            else:
+                fd = os.open(filename, base, dir_fd=dir_fd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise RegistryError(f"refusing {what}: it is a symlink", path=shown) from err
+            if err.errno in (errno.ENXIO, errno.EISDIR):
+                raise RegistryError(f"refusing {what}: not a regular file", path=shown) from err
+            if err.errno == errno.ENOENT:
+                raise
+            raise RegistryError(f"cannot open {what} ({err.strerror})", path=shown,
+                                errno=err.errno) from err
+        try:
+            if created and os.geteuid() != self.owner_uid:
+                os.fchown(fd, self.owner_uid, os.fstat(dir_fd).st_gid)
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != self.owner_uid:
+                raise RegistryError(f"refusing {what}: not a regular file of UID "
+                                    f"{self.owner_uid}", path=shown)
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def write_file(self, dir_fd: int, filename: str, data: bytes, *, what: str) -> None:
+        """Replace ``filename`` atomically (temporary file + rename); typed errors, no debris."""
+        temporary = f".{filename}.{writer_id()}.{secrets.token_hex(3)}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+            try:
+                write_all(fd, data)
+                if os.geteuid() != self.owner_uid:
+                    os.fchown(fd, self.owner_uid, os.fstat(dir_fd).st_gid)
+            finally:
+                os.close(fd)
+            os.rename(temporary, filename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=dir_fd)
+            raise RegistryError(f"cannot write {what} ({err.strerror or err})",
+                                path=str(self.instances_dir / filename),
+                                errno=err.errno) from err
+
+    @contextlib.contextmanager
+    def locked(self, dir_fd: int) -> Iterator[None]:
+        """The registry-wide lock (claims, prunes, recoveries)."""
+        fd = self.open_file(dir_fd, ".lock", os.O_RDWR | os.O_CREAT, what="the registry lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- records ----------------------------------------------------------------------------
+
+    def entries(self, dir_fd: int) -> tuple[dict[str, tuple[int, int, int]], set[str]]:
+        """Record files by name with their (inode, mtime_ns, size), and the names with a lock.
+
+        Temporary files of writers that died (a caller killed mid-write) are removed.
+        """
+        records: dict[str, tuple[int, int, int]] = {}
+        locks: set[str] = set()
+        temporaries = []
+        with os.scandir(dir_fd) as found:
+            for entry in found:
+                name = entry.name
+                if name.endswith(".json"):
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    records[name[:-5]] = (info.st_ino, info.st_mtime_ns, info.st_size)
+                elif name.endswith(".lock") and len(name) > 5:  # ".lock": the registry's
+                    locks.add(name[:-5])
+                elif name.endswith(".tmp") and name.startswith("."):
+                    temporaries.append(name)
+        stale = [name for name in temporaries if dead_writer(name)]
+        if stale:
+            with self.locked(dir_fd):
+                for name in stale:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=dir_fd)
+        return records, locks
+
+    def read(self, dir_fd: int, name: str) -> InstanceRecord | None:
+        """Read a record; ``None`` if absent.  An unreadable record counts as absent."""
+        try:
+            fd = os.open(f"{name}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENXIO):
+                return None
+            raise RegistryError("cannot read an instance record", name=name,
+                                path=str(self.instances_dir / f"{name}.json"),
+                                errno=err.errno) from err
+        try:
+            data = os.read(fd, _READ_CHUNK)
+            while len(data) <= _MAX_RECORD and len(data) % _READ_CHUNK == 0:
+                more = os.read(fd, _READ_CHUNK)
+                if not more:
+                    break
+                data += more
+        except OSError:
+            return None  # a directory, a FIFO...: not a record
+        finally:
+            os.close(fd)
+        try:
+            if not data or len(data) > _MAX_RECORD:
+                raise ValueError("empty or too large")
+            record = InstanceRecord.from_json(json.loads(data))
+        except ValueError:
+            return None
+        return record if record.name == name else None
+
+    def write_record(self, dir_fd: int, record: InstanceRecord) -> None:
+        self.write_file(dir_fd, f"{record.name}.json", json.dumps(record.to_json()).encode(),
+                        what="the instance record")
+
+    def claim(self, record: InstanceRecord) -> NameLock:
+        """Take the name (its lock) and write ``record`` (state "starting").
+
+        Raises:
+            NameConflict: a running or starting instance has the name.
+            RegistryError: the registry cannot be written (a full disk...).
+        """
+        with self.opened("logs", create=True):
+            pass
+        with self.opened(create=True) as dir_fd:
+            assert dir_fd is not None
+            with self.locked(dir_fd):
+                return NameLock(self._claim(dir_fd, record))
+
+    def _claim(self, dir_fd: int, record: InstanceRecord) -> int:
+        lock = self.open_file(dir_fd, f"{record.name}.lock", os.O_RDWR | os.O_CREAT,
+                              what="the instance's name lock")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            # Held: a live instance (recovered here if its record was lost) or a start.
+            existing = self.read(dir_fd, record.name) or self._recover(dir_fd, record.name)
+            raise self._conflict(record.name, existing) from None
+        except BaseException:
+            os.close(lock)
+            raise
+        try:
+            existing = self.read(dir_fd, record.name)
+            # A "starting" record whose name nobody holds is a start that was abandoned.
+            if existing is not None and existing.state == "running" and existing.is_alive(
+                    self.owner_uid):
+                raise self._conflict(record.name, existing)
+            self.write_record(dir_fd, record)
+        except BaseException:
+            # We hold the lock, under the registry lock: no instance has it; it goes.
+            with contextlib.suppress(OSError):
+                os.unlink(f"{record.name}.lock", dir_fd=dir_fd)
+            os.close(lock)
+            raise
+        return lock
+
+    def _conflict(self, name: str, existing: InstanceRecord | None) -> NameConflict:
+        if existing is None or existing.state != "running":
+            what = (f"is being started by process {existing.owner_pid}" if existing is not None
+                    else "is being started")
+            return NameConflict(f"an instance named {name!r} {what}", name=name,
+                                pid=existing.owner_pid if existing else None)
+        return NameConflict(f"an instance named {name!r} is already running", name=name,
+                            pid=existing.pid)
+
+    def publish(self, record: InstanceRecord, env: dict[str, str]) -> None:
+        """Replace the claim with the running instance's record (and its environment)."""
+        with self.opened() as dir_fd:
+            if dir_fd is None:
+                raise RegistryError("the registry directory disappeared during the start",
+                                    name=record.name, path=str(self.instances_dir))
+            self.write_file(dir_fd, f"{record.name}.env", json.dumps(env).encode(),
+                            what="the instance's environment")
+            self.write_record(dir_fd, record)
+
+    def copy_for_init(self, record: InstanceRecord, env: dict[str, str]) -> int:
+        """The memfd PID 1 keeps: this record and environment, and which registry it is in."""
+        with self.opened() as dir_fd:
+            assert dir_fd is not None
+            return record_copy(record, env, self.identity(dir_fd), str(self.instances_dir))
+
+    def discard(self, name: str, seen: InstanceRecord | None) -> InstanceRecord | None:
+        """Remove the files of a name nobody holds; returns a record recovered instead.
+
+        ``seen`` is the record the caller read (None: it read garbage).  If the
+        name's lock is still held (the instance runs: its record was garbled,
+        or replaced by a stale copy), nothing is removed and the record is
+        recovered from the instance's PID 1.
+        """
+        with self.opened() as dir_fd:
+            if dir_fd is None:
+                return None
+            with self.locked(dir_fd):
+                current = self.read(dir_fd, name)
+                if seen is not None and current is not None and (
+                    (current.pid, current.starttime, current.owner_pid)
+                    != (seen.pid, seen.starttime, seen.owner_pid)
+                ):
+                    return None  # replaced meanwhile by a new instance of that name
+                if seen is None and current is not None:
+                    return None  # it became readable meanwhile
+                lock = self._try_lock(dir_fd, name)
+                if lock is None:
+                    return self._recover(dir_fd, name)
+                try:
+                    for suffix in (".json", ".env", ".lock"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f"{name}{suffix}", dir_fd=dir_fd)
+                finally:
+                    if lock >= 0:
+                        os.close(lock)
+        return None
+
+    def _try_lock(self, dir_fd: int, name: str) -> int | None:
+        """Our descriptor of the name's lock, locked (-1: there is none); None if it is held."""
+        try:
+            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            return -1
+        return fd
+
+    def held(self, dir_fd: int, name: str) -> bool:
+        """Whether the name's lock is held (by a live instance or a start in progress)."""
+        fd = self._try_lock(dir_fd, name)
+        if fd is None:
+            return True
+        if fd >= 0:
+            os.close(fd)
+        return False
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def _recover(self, dir_fd: int, name: str) -> InstanceRecord | None:
+        """Re-publish the record of the PID 1 holding the name's lock (under the lock)."""
+        try:
+            info = os.stat(f"{name}.lock", dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        lock = (info.st_dev, info.st_ino)
+        for init in procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid):
+            files = procfs.open_files(init.pid)
+            if lock not in {identity for _fd, _target, identity in files}:
+                continue
+            found = self._read_copy(init, files)
+            if found is None or found[0].name != name:
+                continue
+            record, env, _registry = found
+            self._republish(dir_fd, record, env)
+            log.warning("instance %r: its record was unreadable or stale; re-published it from "
+                        "its PID 1 (%d)", name, init.pid)
+            return record
+        return None  # held by a start in progress (the starter, not a PID 1, holds it)
+
+    def recover_all(self) -> list[InstanceRecord]:
+        """Find the owner's running instances that this registry has lost, and re-publish them.
+
+        A scan of every process of the owner named ``instancelib-init``: each
+        keeps a copy of its record saying which registry it belongs to.
+        """
+        recovered: list[InstanceRecord] = []
+        with self.opened(create=True) as dir_fd:
+            assert dir_fd is not None
+            self._recover_all(dir_fd, recovered)
+        return recovered
+
+    def _recover_all(self, dir_fd: int, recovered: list[InstanceRecord]) -> None:
+        with self.locked(dir_fd):
+            ours = self.identity(dir_fd)
+            for init in procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid):
+                found = self._read_copy(init, procfs.open_files(init.pid))
+                if found is None:
+                    continue
+                record, env, (registry, directory) = found
+                if registry != ours and directory != str(self.instances_dir):
+                    continue
+                current = self.read(dir_fd, record.name)
+                if current is not None and current.is_alive(self.owner_uid):
+                    continue  # listed already (or the name is another live instance's)
+                self._republish(dir_fd, record, env)
+                log.warning("instance %r: found running without a record; re-published it "
+                            "from its PID 1 (%d)", record.name, init.pid)
+                recovered.append(record)
+
+    def _read_copy(self, init: procfs.ProcStat, files: list[tuple[int, str, tuple[int, int]]]
+                   ) -> tuple[InstanceRecord, dict[str, str], tuple[tuple[int, int], str]] | None:
+        """The record copy a PID 1 holds, if it is one and agrees with the live process."""
+        for fd, target, _identity in files:
+            if not target.startswith(f"/memfd:{COPY_NAME}"):
+                continue
+            try:
+                copy = os.open(f"/proc/{init.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    data = os.pread(copy, MAX_COPY, 0)
+                finally:
+                    os.close(copy)
+                content = json.loads(data)
+                record = InstanceRecord.from_json(content["record"])
+                env = {str(k): str(v) for k, v in dict(content["env"]).items()}
+                registry = tuple(int(x) for x in content["registry"])
+                directory = str(content["instancesDir"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            live = procfs.read_stat(init.pid, owner=True)
+            if (record.pid == init.pid and record.state == "running" and live is not None
+                    and record.starttime == live.starttime == init.starttime
+                    and record.uid == self.owner_uid == live.uid
+                    and len(registry) == 2):
+                return record, env, ((registry[0], registry[1]), directory)
+        return None
+
+    def _republish(self, dir_fd: int, record: InstanceRecord, env: dict[str, str]) -> None:
+        self.write_file(dir_fd, f"{record.name}.env", json.dumps(env).encode(),
+                        what="the instance's environment")
+        self.write_record(dir_fd, record)
+
+    def lost_locks(self, dir_fd: int, names: set[str]) -> list[InstanceRecord]:
+        """For lock files without a record: recover held ones, remove the others."""
+        recovered = []
+        for name in names:
+            with self.locked(dir_fd):
+                if self.read(dir_fd, name) is not None:
+                    continue
+                lock = self._try_lock(dir_fd, name)
+                if lock is None:
+                    record = self._recover(dir_fd, name)
+                    if record is not None:
+                        recovered.append(record)
+                    continue
+                if lock >= 0:
+                    try:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(f"{name}.lock", dir_fd=dir_fd)
+                    finally:
+                        os.close(lock)
+        return recovered
+
+    # -- the environment and the logs --------------------------------------------------------
+
+    def load_env(self, name: str) -> dict[str, str]:
+        """The environment stored for ``name`` at start."""
+        path = str(self.instances_dir / f"{name}.env")
+        try:
+            with self.opened() as dir_fd:
+                if dir_fd is None:
+                    raise FileNotFoundError(errno.ENOENT, "no registry", path)
+                fd = self.open_file(dir_fd, f"{name}.env", os.O_RDONLY,
+                                    what="the instance's environment")
+            try:
+                data = os.pread(fd, MAX_COPY, 0)
+            finally:
+                os.close(fd)
+            loaded = json.loads(data)
+        except (OSError, ValueError) as err:
+            raise RegistryError("cannot read the instance's environment", name=name,
+                                path=path) from err
+        if not isinstance(loaded, dict):
+            raise RegistryError("malformed instance environment", name=name)
+        return {str(k): str(v) for k, v in loaded.items()}
+
+    def open_log(self, name: str, stream: str, *, write: bool) -> int | None:
+        """A descriptor of the instance's log (``out``/``err``); None if it does not exist.
+
+        For writing: created 0600, appended to.  Never through a link, and only
+        a regular file of the owner (not a FIFO that would hang the reader).
+        """
+        with self.opened("logs", create=write) as dir_fd:
+            if dir_fd is None:
+                return None
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_APPEND) if write else os.O_RDONLY
+            try:
+                return self.open_file(dir_fd, f"{name}.{stream}", flags,
+                                      what="the instance's log file", directory=self.logs_dir)
+            except FileNotFoundError:
+                return None
