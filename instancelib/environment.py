@@ -11,13 +11,14 @@ own ``INSTANCELIB_*`` settings never pass into an instance.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 
 from instancelib.errors import InvalidArgument
 
-__all__ = ["DEFAULT_PATH", "base_environment", "check_env", "prefixed_overrides",
-           "runtime_variables"]
+__all__ = ["DEFAULT_PATH", "base_environment", "check_env", "check_exec_size",
+           "prefixed_overrides", "runtime_variables"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBRARY_PATH = "/.singularity.d/libs"
@@ -29,6 +30,9 @@ _ALWAYS_PASS = frozenset({
     "TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
     "all_proxy", "ALL_PROXY", "ftp_proxy", "FTP_PROXY",
 })
+# execve(2): one argument or "NAME=value" may be at most 32 pages (MAX_ARG_STRLEN),
+# and all of them together, with their pointers, at most ARG_MAX.
+MAX_ARG_STRLEN = 32 * 4096
 _OVERRIDE_PREFIXES = ("APPTAINERENV_", "SINGULARITYENV_")
 _INTERNAL_PREFIX = "INSTANCELIB_"
 
@@ -45,6 +49,28 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
                                   f"bytes (got {value!r})")
         checked[name] = value
     return checked
+
+
+def check_exec_size(argv: list[str], env: Mapping[str, str], what: str = "the command") -> None:
+    """Refuse what ``execve`` would refuse (E2BIG), with the culprit named.
+
+    Raises:
+        InvalidArgument: an argument or variable longer than 128 KiB, or all of
+            them together more than the kernel's ``ARG_MAX``.
+    """
+    total = 0
+    for kind, strings in (("argument", argv), ("variable", [f"{k}={v}" for k, v in env.items()])):
+        for index, string in enumerate(strings):
+            size = len(string.encode(errors="surrogateescape")) + 1
+            if size > MAX_ARG_STRLEN:
+                shown = string.partition("=")[0] if kind == "variable" else f"{index}"
+                raise InvalidArgument(f"{what}: {kind} {shown} is {size - 1} bytes long; the "
+                                      f"kernel takes at most {MAX_ARG_STRLEN - 1} bytes each")
+            total += size + 8
+    limit = os.sysconf("SC_ARG_MAX")
+    if total > limit:
+        raise InvalidArgument(f"{what}: its arguments and environment take {total} bytes; the "
+                              f"kernel takes at most {limit} (ARG_MAX) in all")
 
 
 def base_environment(host: Mapping[str, str], *, cleanenv: bool, home: str) -> dict[str, str]:

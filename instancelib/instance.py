@@ -26,7 +26,8 @@ from instancelib.cgroups.limits import Limits
 from instancelib.cgroups.stats import Sample, Stats
 from instancelib.cgroups.stats import sample as read_sample
 from instancelib.cgroups.tree import CgroupInfo
-from instancelib.environment import check_env
+from instancelib.durations import optional_seconds, seconds
+from instancelib.environment import check_env, check_exec_size
 from instancelib.errors import (
     ExecError,
     InstanceError,
@@ -44,6 +45,7 @@ from instancelib.linux import client, envscripts, pathwalk, procfs, syscalls, wi
 from instancelib.linux.launch import NAMESPACES
 from instancelib.linux.syscalls import CLONE_NEWUSER
 from instancelib.linux.userns import has_host_root
+from instancelib.pidfile import PidFile
 from instancelib.process import ExecResult, InstanceProcess, raise_exec_failure
 from instancelib.readiness import ReadySpec, as_probe
 from instancelib.records import InstanceRecord, validate_name
@@ -180,7 +182,7 @@ class Instance(metaclass=_NoPublicConstructor):
             StartError: set-up or exec failed (``StartTimeout`` if out of time);
                 nothing of the instance is left behind.
         """
-        deadline = time.monotonic() + _positive(timeout, "timeout")
+        deadline = time.monotonic() + seconds(timeout, "timeout")
         validate_name(name)
         if not isinstance(image, Image):
             image = Image(image)
@@ -205,9 +207,14 @@ class Instance(metaclass=_NoPublicConstructor):
                    "hostname": hostname, "binds": [str(b) for b in bind_list],
                    "fakeroot": bool(fakeroot), "limits": limits.to_dict() if limits else {}}
         try:
-            return cls._start_planned(image, name, plan=plan, registry=registry, limits=limits,
-                                      probe=probe, deadline=deadline, pid_file=pid_file,
-                                      options=options)
+            pid_target = PidFile(pid_file, name) if pid_file is not None else None
+            try:
+                return cls._start_planned(image, name, plan=plan, registry=registry,
+                                          limits=limits, probe=probe, deadline=deadline,
+                                          pid_file=pid_target, options=options)
+            finally:
+                if pid_target is not None:
+                    pid_target.close()
         except InstanceError:
             raise  # (some are OSErrors too: Timeout, PermissionDenied)
         except OSError as err:
@@ -219,7 +226,7 @@ class Instance(metaclass=_NoPublicConstructor):
     @classmethod
     def _start_planned(cls, image: Image, name: str, *, plan: launchplan.LaunchPlan,
                        registry: InstanceRegistry, limits: Limits | None, probe: Any,
-                       deadline: float, pid_file: str | os.PathLike[str] | None,
+                       deadline: float, pid_file: PidFile | None,
                        options: dict[str, Any]) -> Instance:
         """The start itself, once every option is checked (see ``start``)."""
         me = procfs.read_stat(os.getpid())
@@ -295,7 +302,7 @@ class Instance(metaclass=_NoPublicConstructor):
             if probe is not None:
                 launch.wait_until_ready(instance, probe, deadline, err_path, err_offset)
             if pid_file is not None:
-                _write_pid_file(pid_file, launch.init_pid, name)
+                pid_file.write(launch.init_pid)
             on_failure.pop_all()
         launch.close()
         name_lock.close()
@@ -369,7 +376,7 @@ class Instance(metaclass=_NoPublicConstructor):
             NotFound: the instance is not running.
         """
         if stream:
-            _positive(interval, "interval")
+            seconds(interval, "interval")
             return self._stream_stats(interval)
         return self._stats_now()
 
@@ -498,6 +505,7 @@ class Instance(metaclass=_NoPublicConstructor):
         if not self.is_running():
             raise NotFound("the instance is not running", name=self.name)
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
+        check_exec_size(command, environment)
         cgroup = self._live_cgroup()
         if cgroup is not None and cgroup_tree.is_frozen(cgroup):
             # The command would join the frozen cgroup and hang there (docker refuses too).
@@ -505,14 +513,18 @@ class Instance(metaclass=_NoPublicConstructor):
         with _Stdio(stdin, stdout, stderr, text) as stdio:
             status, theirs = wire.socketpair()
             try:
-                reply, _ = client.get_forkserver().request(
-                    {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
-                     "uid": self._record.uid, "namespaces": self._record.namespaces,
-                     "cgroup_procs": cgroup.procs_files() if cgroup is not None else [],
-                     "cwd": cwd or self._record.cwd,
-                     "argv": command, "env": environment, "tty": bool(tty)},
-                    [theirs.fileno(), *stdio.child_fds],
-                )
+                try:
+                    reply, _ = client.get_forkserver().request(
+                        {"op": "exec", "pid": self.pid, "starttime": self._record.starttime,
+                         "uid": self._record.uid, "namespaces": self._record.namespaces,
+                         "cgroup_procs": cgroup.procs_files() if cgroup is not None else [],
+                         "cwd": cwd or self._record.cwd,
+                         "argv": command, "env": environment, "tty": bool(tty)},
+                        [theirs.fileno(), *stdio.child_fds],
+                    )
+                except (StartError, Unsupported) as err:  # the fork-server itself failed
+                    raise ExecError(f"cannot start the command: {err.message}", name=self.name,
+                                    errno=err.errno) from err
                 if not reply.get("ok"):
                     raise ExecError(f"cannot start the command: {reply.get('error')}",
                                     name=self.name)
@@ -554,6 +566,7 @@ class Instance(metaclass=_NoPublicConstructor):
             ExecError: the command cannot be started.
             Timeout: the command ran longer than ``timeout`` (it has been killed).
         """
+        timeout = optional_seconds(timeout, "timeout")
         process = self.popen(argv, stdin=subprocess.PIPE if input is not None else
                              subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              env=env, cwd=cwd)
@@ -641,6 +654,7 @@ class Instance(metaclass=_NoPublicConstructor):
         Raises:
             Timeout: it is still running after ``timeout`` seconds.
         """
+        timeout = optional_seconds(timeout, "timeout")
         try:
             pidfd = self._pidfd()
         except NotFound:
@@ -685,11 +699,20 @@ class Instance(metaclass=_NoPublicConstructor):
             stderr: read the error log instead of the output log.
             follow: keep reading new lines until the instance ends.
             tail: start with only the last ``tail`` lines.
+
+        Raises:
+            RegistryError: the log file is a link, not a regular file, or not the
+                instance owner's (nothing is read from it).
         """
         if tail is not None and (not isinstance(tail, int) or tail < 0):
             raise InvalidArgument(f"tail must be a non-negative integer (got {tail!r})")
-        path = self.stderr_path if stderr else self.stdout_path
-        return _follow_log(path, self, follow=follow, tail=tail)
+        self._check_owner()
+        # Opened now, through the registry's checked directory: never a link, a FIFO
+        # or another user's file, even for root reading a user's logs.
+        fd = self.registry.store.open_log(self.name, "err" if stderr else "out", write=False)
+        if fd is None:
+            return iter(())
+        return _follow_log(os.fdopen(fd, "rb"), self, follow=follow, tail=tail)
 
 
 # -- stopping ----------------------------------------------------------------------------------
@@ -702,7 +725,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
     Whatever is still running after ``timeout`` seconds is sent SIGKILL.
     """
     sig = signals.SIGKILL if force else _check_signal(signal)
-    _positive(timeout, "timeout", allow_zero=True)
+    seconds(timeout, "timeout", allow_zero=True)
     pidfds: list[tuple[Instance, int]] = []
     cgroups: dict[str, CgroupInfo] = {}
     try:
@@ -1044,14 +1067,6 @@ def _check_signal(sig: int) -> int:
     return int(sig)
 
 
-def _positive(value: float, what: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        value < 0 if allow_zero else value <= 0
-    ):
-        raise InvalidArgument(f"{what} must be a positive number of seconds (got {value!r})")
-    return float(value)
-
-
 def _open_log(registry: InstanceRegistry, name: str, stream: str) -> int:
     """The instance's log, opened for appending (never through a link; see ``recordstore``)."""
     try:
@@ -1062,19 +1077,6 @@ def _open_log(registry: InstanceRegistry, name: str, stream: str) -> int:
                          errno=getattr(err, "errno", None)) from err
     assert fd is not None
     return fd
-
-
-def _write_pid_file(path: str | os.PathLike[str], pid: int, name: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644)
-    except OSError as err:
-        raise StartError("cannot write the pid file", name=name, path=os.fspath(path),
-                         errno=err.errno) from err
-    try:
-        os.write(fd, f"{pid}\n".encode())
-    finally:
-        os.close(fd)
 
 
 def _service_identity(init_pid: int) -> tuple[int, int]:
@@ -1099,12 +1101,8 @@ def _tail(path: Path, offset: int, lines: int = _ERR_TAIL_LINES) -> str | None:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _follow_log(path: Path, instance: Instance, *, follow: bool,
+def _follow_log(handle: IO[bytes], instance: Instance, *, follow: bool,
                 tail: int | None) -> Iterator[str]:
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 (closed in finally below)
-    except FileNotFoundError:
-        return
     pidfd = -1
     try:
         if tail is not None:

@@ -22,7 +22,7 @@ import attrs
 from instancelib import environment
 from instancelib.binds import Bind
 from instancelib.errors import InvalidArgument, PermissionDenied, StartError
-from instancelib.image import Image
+from instancelib.image import Image, cache
 from instancelib.linux.userns import has_host_root
 
 __all__ = [
@@ -154,14 +154,24 @@ def session_dir() -> str:
     """The empty directory PID 1 mounts its staging tmpfs on (inside its own namespace).
 
     It is never mounted on in the host's view; it only needs to exist, and
-    to belong to the caller.
+    to belong to the caller.  Root's is under /run; an ordinary user's under
+    ``$XDG_RUNTIME_DIR``, else ``/tmp/instancelib-UID``, else (when another
+    user has taken that name in /tmp) under their image cache.
     """
     if has_host_root():
         return "/run/instancelib/session"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.geteuid():
         return os.path.join(runtime, "instancelib", "session")
-    return f"/tmp/instancelib-{os.geteuid()}/session"
+    shared = f"/tmp/instancelib-{os.geteuid()}"
+    try:
+        info = os.lstat(shared)
+    except FileNotFoundError:
+        return os.path.join(shared, "session")
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+        return os.path.join(shared, "session")
+    # Squatted (anybody may create names in /tmp): use a place only we can write.
+    return str(cache.cache_root() / "session")
 
 
 def ensure_session_dir(path: str) -> None:
@@ -171,6 +181,12 @@ def ensure_session_dir(path: str) -> None:
     a directory of theirs: every component we create is checked.
     """
     parent = os.path.dirname(path)
+    if not os.path.isdir(os.path.dirname(parent)):
+        try:
+            os.makedirs(os.path.dirname(parent), mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise StartError("cannot create the session directory", path=parent,
+                             errno=err.errno) from err
     for directory in (parent, path):
         try:
             os.mkdir(directory, 0o700)
@@ -265,6 +281,10 @@ def build_launch_plan(
     except FileNotFoundError:  # the caller's directory was removed
         cwd = home
     user_namespace, note = user_namespace_plan(fakeroot=fakeroot)
+    checked_args = _check_args(args)
+    base = environment.base_environment(host, cleanenv=cleanenv, home=home)
+    environment.check_exec_size(list(checked_args), {**base, **overrides},
+                                "the start script")
     return LaunchPlan(
         name=name,
         user=entry.pw_name,
@@ -273,12 +293,12 @@ def build_launch_plan(
         rootfs=image.rootfs_plan(),
         writable_tmpfs=bool(writable_tmpfs),
         mounts=tuple(mounts),
-        env_base=environment.base_environment(host, cleanenv=cleanenv, home=home),
+        env_base=base,
         env_overrides=overrides,
         env_runtime=environment.runtime_variables(name, image.path),
         cwd=tuple(dict.fromkeys((cwd, home, "/"))),
         command_kind="run" if run else "start",
-        args=_check_args(args),
+        args=checked_args,
         timeout=float(timeout),
         userns=user_namespace,
         note=note,

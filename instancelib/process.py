@@ -23,6 +23,7 @@ from typing import IO, Any, NoReturn
 
 import attrs
 
+from instancelib.durations import optional_seconds
 from instancelib.errors import ExecError, NotFound, PermissionDenied, Timeout
 from instancelib.linux import syscalls, wire
 
@@ -123,6 +124,7 @@ class InstanceProcess:
         Raises:
             Timeout: it is still running after ``timeout`` seconds.
         """
+        timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         with selectors.DefaultSelector() as selector:
             while self.poll() is None:
@@ -143,6 +145,7 @@ class InstanceProcess:
             Timeout: the process did not finish within ``timeout`` seconds
                 (it keeps running; call ``kill()``).
         """
+        timeout = optional_seconds(timeout, "timeout")
         deadline = None if timeout is None else time.monotonic() + timeout
         text = isinstance(self.stdout or self.stderr or self.stdin, io.TextIOBase)
         outputs: dict[int, list[bytes]] = {}

@@ -20,6 +20,7 @@ from instancelib import Image, Instance, InstanceRegistry
 from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux import client
 from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups
+from tests.users import make_shared, remove_shared
 
 ImageFactory = Callable[..., Image]
 
@@ -97,3 +98,13 @@ def start(registry: InstanceRegistry) -> Callable[..., Instance]:
         return Instance.start(image, name, registry=registry, **kwargs)
 
     return start
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Path]:
+    """For the two-user tests (root only): an image and the package, readable by the users."""
+    directory = make_shared()
+    try:
+        yield directory
+    finally:
+        remove_shared(directory)

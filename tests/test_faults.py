@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from instancelib import Image, Instance, InstanceError, InstanceRegistry, RegistryError
+from instancelib import Instance, InstanceError, InstanceRegistry, RegistryError
 from instancelib.linux import client
 from instancelib.linux.userns import has_host_root
 from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups, wait_for

@@ -11,75 +11,19 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from instancelib import InstanceRecord, InstanceRegistry, NotFound, PermissionDenied
-from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux import procfs
 from instancelib.linux.userns import has_host_root
+from tests.users import USER_A, USER_B, as_user, cli_as
 
 pytestmark = pytest.mark.skipif(not has_host_root(),
                                 reason="needs root: switches between the users ilib-a and ilib-b")
-
-USER_A, USER_B = "ilib-a", "ilib-b"
-VENV_PYTHON = "/opt/instancelib-venv/bin/python"
-SLEEPER = "#!/bin/sh\necho started\nexec sleep 1000\n"
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[Path]:
-    """A world-readable directory with an image and a copy of the package for the users."""
-    for user in (USER_A, USER_B):
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            pytest.fail(f"user {user} is missing: run scripts/setup (as root) first")
-    if not os.access(VENV_PYTHON, os.X_OK):
-        pytest.fail(f"{VENV_PYTHON} is missing: run scripts/setup (as root) first")
-    directory = Path(tempfile.mkdtemp(prefix="instancelib-isolation-"))
-    try:
-        directory.chmod(0o755)
-        shutil.copytree(Path(__file__).resolve().parents[1] / "instancelib",
-                        directory / "src" / "instancelib")
-        make_busybox_rootfs(directory / "image", startscript=SLEEPER)
-        subprocess.run(["chmod", "-R", "a+rX", str(directory)], check=True)
-        yield directory
-    finally:
-        for user in (USER_A, USER_B):
-            InstanceRegistry(user=user).stop(force=True)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def as_user(user: str, shared: Path, code: str) -> subprocess.CompletedProcess[str]:
-    """Run Python ``code`` as ``user`` (with ``IMAGE`` defined)."""
-    entry = pwd.getpwnam(user)
-    prologue = f"IMAGE = {str(shared / 'image')!r}\n"
-    return subprocess.run(
-        [VENV_PYTHON, "-c", prologue + code], user=entry.pw_uid, group=entry.pw_gid,
-        extra_groups=[], env=_user_env(entry, shared), cwd="/", capture_output=True,
-        text=True, timeout=60, check=False,
-    )
-
-
-def cli_as(user: str, shared: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    entry = pwd.getpwnam(user)
-    return subprocess.run(
-        [VENV_PYTHON, "-m", "instancelib", *args], user=entry.pw_uid, group=entry.pw_gid,
-        extra_groups=[], env=_user_env(entry, shared), cwd="/", capture_output=True,
-        text=True, timeout=60, check=False,
-    )
-
-
-def _user_env(entry: pwd.struct_passwd, shared: Path) -> dict[str, str]:
-    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(shared / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
-
 
 @pytest.fixture
 def secret(shared: Path) -> Iterator[dict[str, int]]:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import attrs
 import pytest
@@ -127,6 +128,65 @@ def test_log_paths_come_from_the_registry_not_the_record(make_image, start, regi
     time.sleep(0.2)
     assert "not for the logs" not in "\n".join(forged.logs())
     assert instance.is_running()
+
+
+def test_a_fifo_at_the_pid_files_name_is_replaced_not_opened(make_image, start, tmp_path):
+    fifo = tmp_path / "web.pid"
+    os.mkfifo(fifo)
+    began = time.monotonic()
+    instance = start(make_image(startscript=SLEEPER), "fifo", pid_file=fifo, timeout=5)
+    assert time.monotonic() - began < 5
+    assert fifo.read_text() == f"{instance.pid}\n"
+
+
+def test_a_pid_file_in_a_directory_others_may_write_is_refused(make_image, start, registry,
+                                                              tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)   # anybody could swap the name: no
+    with pytest.raises(StartError, match="writable by others"):
+        start(make_image(), "open", pid_file=open_dir / "x.pid")
+    assert registry.list() == [] and list(open_dir.iterdir()) == []
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)    # like /tmp: nobody can replace what is ours
+    instance = start(make_image(), "sticky", pid_file=sticky / "x.pid")
+    assert (sticky / "x.pid").read_text() == f"{instance.pid}\n"
+
+
+def test_a_pid_file_through_a_link_of_our_own_is_written(make_image, start, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "var-run").symlink_to("run")   # as /var/run -> /run
+    instance = start(make_image(), "linked", pid_file=tmp_path / "var-run" / "x.pid")
+    assert (tmp_path / "run" / "x.pid").read_text() == f"{instance.pid}\n"
+
+
+def test_a_pid_file_in_a_missing_directory_fails_before_anything_starts(make_image, start,
+                                                                        registry, tmp_path):
+    with pytest.raises(StartError, match="missing: No such file"):
+        start(make_image(), "nodir", pid_file=tmp_path / "missing" / "x.pid")
+    assert registry.list() == []
+
+
+def test_pid_1_does_not_carry_the_callers_environment(make_image, tmp_path):
+    """A service running as root inside can read /proc/1/environ: nothing of ours is there."""
+    image = make_image()
+    code = (
+        "import sys\nfrom instancelib import Image, Instance, InstanceRegistry\n"
+        "registry = InstanceRegistry(sys.argv[2])\n"
+        "for mode in ('plain', 'fakeroot'):\n"
+        "    i = Instance.start(Image(sys.argv[1]), mode, registry=registry, cleanenv=True,\n"
+        "                       fakeroot=mode == 'fakeroot')\n"
+        "    print(i.exec(['cat', '/proc/1/environ']).stdout)\n"
+        "    i.stop()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, image.path, str(tmp_path / "reg")],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env=dict(os.environ, SECRET_TOKEN="hunter2-of-the-caller"),
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert "LC_CTYPE=C.UTF-8" in result.stdout
 
 
 # -- hostile records never make us signal or enter the wrong process -------------------------

@@ -56,6 +56,7 @@ _UNIFIED_KEY = re.compile(r"^[a-z0-9_]+\.[A-Za-z0-9_.]+$")
 CPU_PERIOD = 100_000  # µs, the kernel's (and Apptainer's) default CFS period
 _MAX_PERIOD = 1_000_000
 _MIN_PERIOD = 1_000
+_MIN_QUOTA = 1000  # µs: the smallest CFS quota the kernel takes
 
 
 def parse_size(value: str | int | float, field: str, *, allow_unlimited: bool = False) -> int:
@@ -296,6 +297,13 @@ def _check(limits: Limits) -> None:
                                   f"got {limits.cpu_period}")
     if limits.cpus is not None and limits.cpus > (os.cpu_count() or 1) * 1000:
         raise InvalidArgument(f"cpus: {limits.cpus} is absurd for this host")
+    if limits.cpus is not None:
+        period = limits.cpu_period or CPU_PERIOD
+        if round(limits.cpus * period) < _MIN_QUOTA:
+            raise InvalidArgument(
+                f"cpus: {limits.cpus:g} of a {period} µs period is a quota of "
+                f"{limits.cpus * period:g} µs; the kernel's smallest is {_MIN_QUOTA} µs "
+                f"(cpus >= {_MIN_QUOTA / period:g})")
     if limits.blkio_weight is not None and not 10 <= limits.blkio_weight <= 1000:
         raise InvalidArgument(f"blkio_weight: must be within 10..1000, got {limits.blkio_weight}")
     for device in limits.blkio_weight_device:
@@ -391,7 +399,7 @@ class Limits:
             files.append(("memory.swap.max", swap))
         if self.cpus is not None:
             period = self.cpu_period or CPU_PERIOD
-            files.append(("cpu.max", f"{max(1000, round(self.cpus * period))} {period}"))
+            files.append(("cpu.max", f"{round(self.cpus * period)} {period}"))
         if self.cpu_shares is not None:
             files.append(("cpu.weight", str(shares_to_weight(self.cpu_shares))))
         if self.cpuset_cpus is not None:
@@ -434,7 +442,7 @@ class Limits:
         if self.cpus is not None:
             period = self.cpu_period or CPU_PERIOD
             out.append(("cpu", "cpu.cfs_period_us", str(period)))
-            out.append(("cpu", "cpu.cfs_quota_us", str(max(1000, round(self.cpus * period)))))
+            out.append(("cpu", "cpu.cfs_quota_us", str(round(self.cpus * period))))
         if self.cpu_shares is not None:
             out.append(("cpu", "cpu.shares", str(self.cpu_shares)))
         if self.cpuset_cpus is not None:

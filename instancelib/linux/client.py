@@ -41,6 +41,7 @@ _BOOTSTRAP = (
 )
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SPARE_EXIT_WAIT = 1.0  # seconds a dead server's spare may take to exit
+SERVER_ENVIRONMENT = {"LC_CTYPE": "C.UTF-8"}
 
 
 class ForkServer:
@@ -58,6 +59,10 @@ class ForkServer:
                 stdout=subprocess.DEVNULL,
                 stderr=None if debug else subprocess.DEVNULL,
                 start_new_session=True,  # terminal signals (Ctrl-C) are not for it
+                # Not the caller's environment: every PID 1 is a fork of this server, and a
+                # service running as root inside can read PID 1's (/proc/1/environ).
+                # What an instance gets travels in each plan instead.
+                env=SERVER_ENVIRONMENT,
             )
         except OSError as err:
             ours.close()

@@ -2,9 +2,11 @@
 
 Runs in a child of the fork-server (never in the caller: ``setns`` into a
 mount namespace fails in a multi-threaded process).  It opens a pidfd for the
-instance's PID 1, checks the PID still belongs to it (start time), joins all
-its namespaces at once through that pidfd, changes directory, and spawns the
-command; the PID namespace applies to children only, hence the spawn.  It
+instance's PID 1, checks the PID still belongs to it (start time), joins its
+cgroup, takes the owner's identity when root enters a user's instance
+(``become_owner``), joins all its namespaces at once through that pidfd,
+changes directory, and spawns the command; the PID namespace applies to
+children only, hence the spawn.  It
 stays as the command's parent to report its exit status to the caller over
 the status socket, then exits.
 
@@ -29,7 +31,7 @@ from typing import Any
 
 from instancelib.linux import envscripts, procfs, syscalls
 
-__all__ = ["run_join"]
+__all__ = ["become_owner", "join_namespaces", "run_join"]
 
 _NAMESPACE_FILES = (
     (syscalls.CLONE_NEWUSER, "user"),
@@ -79,6 +81,11 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
         _join_cgroups(request.get("cgroup_procs") or ())
     except OSError as err:
         _fail(status_fd, err, f"cannot join the instance's cgroup: {err.strerror}")
+    if os.geteuid() != request["uid"]:
+        try:
+            become_owner(pidfd, request["pid"], request["uid"])
+        except OSError as err:
+            _fail(status_fd, err, f"cannot take the instance owner's identity: {err.strerror}")
     try:
         join_namespaces(pidfd, request["pid"], request["namespaces"])
     except OSError as err:
@@ -115,6 +122,26 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
     else:
         _report(status_fd, f"exited {os.waitstatus_to_exitcode(status)}")
     os._exit(0)
+
+
+def become_owner(pidfd: int, pid: int, uid: int) -> None:
+    """Take the identity of the instance's owner: its PID 1's UID and GID, no other groups.
+
+    Root entering an ordinary user's instance must not bring host root's
+    credentials into the user's namespaces: files outside that reach it (the
+    user's binds) would be checked against UID 0.  So the command runs as the
+    user would run it.  The identity is read from the live PID 1 (checked
+    through ``pidfd`` to be still that process), never from a record.
+    """
+    ids = procfs.credentials(pid)
+    if ids is None or procfs.wait_pidfd(pidfd, 0):
+        raise ProcessLookupError(3, "the instance ended")
+    owner, group = ids
+    if owner != uid:
+        raise PermissionError(1, f"the instance's PID 1 belongs to UID {owner}, not {uid}")
+    os.setgroups([])
+    os.setresgid(group, group, group)
+    os.setresuid(owner, owner, owner)
 
 
 def join_namespaces(pidfd: int, pid: int, flags: int) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "INIT_COMM",
     "ProcStat",
     "children_of",
+    "credentials",
     "is_alive",
     "open_files",
     "open_verified_pidfd",
@@ -179,3 +180,20 @@ def open_files(pid: int) -> list[tuple[int, str, tuple[int, int]]]:
             continue
         found.append((int(name), target, (info.st_dev, info.st_ino)))
     return found
+
+
+def credentials(pid: int) -> tuple[int, int] | None:
+    """The effective UID and GID of ``pid`` (from ``/proc/PID/status``); None if it is gone."""
+    try:
+        with open(f"{PROC_ROOT}/{pid}/status", "rb") as f:
+            lines = f.read().splitlines()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    ids: dict[bytes, int] = {}
+    for line in lines:
+        key, _, values = line.partition(b":")
+        if key in (b"Uid", b"Gid"):
+            ids[key] = int(values.split()[1])
+    if len(ids) != 2:
+        return None
+    return ids[b"Uid"], ids[b"Gid"]

@@ -7,6 +7,11 @@ starting instance notices that its caller died.  Received descriptors are
 close-on-exec (``MSG_CMSG_CLOEXEC``): nothing passed to a launcher or joiner
 may leak into an instance's programs.  (``socket.recv_fds`` takes a flags
 argument but never passes it on, hence ``recv_fds`` here.)
+
+A datagram is bounded by the socket's buffer (about 208 KiB), while a plan
+or an exec request carries arguments and an environment of up to ARG_MAX
+(2 MiB): a message larger than ``INLINE`` travels in a memfd sent as the
+first descriptor, announced by ``{"__carried__": SIZE}``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from typing import Any
 __all__ = ["MAX_MESSAGE", "recv_fds", "recv_message", "send_message", "socketpair"]
 
 MAX_MESSAGE = 1 << 20
+INLINE = 48 << 10
 _MAX_FDS = 16
+_MAX_CARRIED = 64 << 20
+_CARRIED = "__carried__"
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
@@ -34,6 +42,17 @@ def send_message(
 ) -> None:
     """Send ``message`` (JSON-serialisable) with ``fds`` attached."""
     data = json.dumps(message, separators=(",", ":")).encode()
+    if len(data) > INLINE:
+        carrier = os.memfd_create("instancelib-message", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(carrier, view):]
+            header = json.dumps({_CARRIED: len(data)}).encode()
+            socket.send_fds(sock, [header], [carrier, *(fds or [])])
+        finally:
+            os.close(carrier)
+        return
     if fds:
         socket.send_fds(sock, [data], fds)
     else:
@@ -65,6 +84,20 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]
     message = json.loads(data)
     if not isinstance(message, dict):
         raise ValueError("protocol message is not a JSON object")
+    if list(message) == [_CARRIED]:
+        size = message[_CARRIED]
+        if not fds or not isinstance(size, int) or not 0 < size <= _MAX_CARRIED:
+            for fd in fds:
+                _close_quietly(fd)
+            raise ValueError("malformed carried message")
+        carrier, *fds = fds
+        try:
+            payload = os.pread(carrier, size, 0)
+        finally:
+            os.close(carrier)
+        message = json.loads(payload)
+        if not isinstance(message, dict):
+            raise ValueError("protocol message is not a JSON object")
     return message, list(fds)
 
 
