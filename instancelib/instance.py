@@ -220,7 +220,7 @@ class Instance(metaclass=_NoPublicConstructor):
         except OSError as err:
             # Whatever the host refused on the way (EMFILE, ENOMEM...): typed, and the
             # start's own clean-up has already run.
-            raise StartError(f"cannot start the instance ({err.strerror or err})", name=name,
+            raise StartError("cannot start the instance", name=name,
                              errno=err.errno, path=err.filename) from err
 
     @classmethod
@@ -229,15 +229,10 @@ class Instance(metaclass=_NoPublicConstructor):
                        deadline: float, pid_file: PidFile | None,
                        options: dict[str, Any]) -> Instance:
         """The start itself, once every option is checked (see ``start``)."""
-        me = procfs.read_stat(os.getpid())
-        if me is None:
-            raise StartError("cannot read this process's own identity from /proc", name=name)
-        claim = InstanceRecord(name=name, state="starting", owner_pid=me.pid,
-                               owner_starttime=me.starttime, uid=os.geteuid())
-        name_lock = registry.claim(claim)
-        written = [claim]
+        name_lock = registry.claim_name(name)   # the lock itself says "being started"
+        written: list[InstanceRecord | None] = [None]
         with contextlib.ExitStack() as on_failure:
-            on_failure.callback(lambda: registry.remove(written[-1]))
+            on_failure.callback(lambda: registry.forget(name, written[-1]))
             on_failure.callback(name_lock.close)  # before the removal: it frees the name
             cgroup_plan = cgroup_tree.plan(name, limits)
             # Undone after PID 1 is gone (callbacks run last-registered first).
@@ -293,8 +288,8 @@ class Instance(metaclass=_NoPublicConstructor):
                 namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
                 loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             )
-            registry.publish(record, launch.env)
             written.append(record)
+            registry.publish(record, launch.env, name_lock)
             # PID 1 keeps the name's lock and a copy of its record for its whole life.
             launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env))
             instance = cls._from_record(record, registry)
@@ -910,6 +905,8 @@ class _Launch:
         ``recordstore``); ``record_copy`` is closed here.
         """
         try:
+            # Descriptors in flight are held by the kernel: the lock stays taken
+            # until PID 1 has them (a recovery meanwhile waits for that).
             wire.send_message(self.channel, {"event": "commit"}, [name_lock, record_copy])
         finally:
             os.close(record_copy)

@@ -3,8 +3,8 @@
 Layout (``root`` is ``$INSTANCELIB_HOME`` or ``~/.instancelib``)::
 
     root/instances/<hostname>/<name>.json   the record (what ``instance list`` shows)
-    root/instances/<hostname>/<name>.env    the instance's environment, for exec
-    root/instances/<hostname>/<name>.lock   the name's lock: held by the instance's PID 1
+    root/instances/<hostname>/<name>.lock   the name's lock, held by the instance's PID 1;
+                                            it also holds the environment, for exec
     root/instances/<hostname>/.lock         serialises claims, prunes and recoveries
     root/logs/<hostname>/<name>.out|.err    the service's output (appended)
 
@@ -48,6 +48,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,13 +65,51 @@ from instancelib.records import (
     writer_id,
 )
 
-__all__ = ["RecordStore"]
+__all__ = ["RecordStore", "note_lock"]
 
 log = logging.getLogger("instancelib")
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RECORD = 1 << 20
 _READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
+_NOTE_SIZE = 64        # a lock's note, padded: rewritten in place, never shorter
+_IN_FLIGHT = 1.0       # seconds a just-started PID 1 may take to receive its lock
+
+
+def note_lock(fd: int, state: str, pid: int, starttime: int) -> None:
+    """Say in a name's lock who holds it: ``starting CALLER ST`` or ``running PID1 ST``.
+
+    One small write in place (no new file): a start is told from a lost
+    record without a look at any process, and a lost record's PID 1 is found
+    without a scan of all of them.
+    """
+    data = f"{state} {pid} {starttime}\n".encode()
+    os.pwrite(fd, data.ljust(_NOTE_SIZE), 0)
+
+
+def _files_holding(pid: int, lock: tuple[int, int], *,
+                   wait: float) -> list[tuple[int, str, tuple[int, int]]] | None:
+    """The descriptors of ``pid`` if one of them is the lock (waiting up to ``wait`` s).
+
+    Right after a start returns, the lock and the record's copy may still be
+    in flight to PID 1 (sent, not yet received): the named PID 1 gets a moment.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        files = procfs.open_files(pid)
+        if lock in {identity for _fd, _target, identity in files}:
+            return files
+        if time.monotonic() >= deadline or not os.path.exists(f"/proc/{pid}"):
+            return None
+        time.sleep(0.002)
+
+
+def _lock_note(fd: int) -> tuple[str, int, int] | None:
+    try:
+        state, pid, starttime = os.pread(fd, _NOTE_SIZE, 0).split()
+        return state.decode(), int(pid), int(starttime)
+    except (OSError, ValueError):
+        return None
 
 
 class RecordStore:
@@ -82,18 +121,52 @@ class RecordStore:
         self.host = host
         self.instances_dir = root / "instances" / host
         self.logs_dir = root / "logs" / host
+        self._held: dict[str, tuple[int, tuple[int, int]]] = {}  # kind: (fd, (dev, inode))
+        self._retired: list[int] = []  # replaced descriptors: closed with the store
 
     # -- directories ----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def opened(self, kind: str = "instances", *, create: bool = False) -> Iterator[int | None]:
-        """A checked descriptor of ``instances/<host>`` or ``logs/<host>`` (None: absent)."""
-        fd = self._open_chain(kind, create)
-        try:
-            yield fd
-        finally:
-            if fd is not None:
+        """A checked descriptor of ``instances/<host>`` or ``logs/<host>`` (None: absent).
+
+        Opening the chain costs a dozen system calls, and a start needs these
+        directories six times: the descriptor is kept, and reused while the
+        path still names that directory and it still passes the checks (two
+        calls).  A descriptor is only ever closed with the store, so one in use
+        in another thread never goes away under it.
+        """
+        held = self._held.get(kind)
+        if held is not None:
+            fd, identity = held
+            path = self.instances_dir if kind == "instances" else self.logs_dir
+            try:
+                info = os.lstat(path)
+            except OSError:
+                info = None
+            if info is not None and (info.st_dev, info.st_ino) == identity:
+                self._check_dir(fd, path)
+                yield fd
+                return
+            self._retired.append(fd)
+            del self._held[kind]
+        opened = self._open_chain(kind, create)
+        if opened is not None:
+            info = os.fstat(opened)
+            self._held[kind] = (opened, (info.st_dev, info.st_ino))
+        yield opened
+
+    def close(self) -> None:
+        """Close the kept directory descriptors (when nothing uses the store any more)."""
+        for fd in [fd for fd, _identity in self._held.values()] + self._retired:
+            with contextlib.suppress(OSError):
                 os.close(fd)
+        self._held.clear()
+        self._retired.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def _open_chain(self, kind: str, create: bool) -> int | None:
         anchor = self.root.parent if self.root.name else self.root
@@ -193,14 +266,16 @@ class RecordStore:
         base = (flags & ~os.O_CREAT) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         created = False
         try:
-            if flags & os.O_CREAT:
-                try:
+            try:
+                fd = os.open(filename, base, dir_fd=dir_fd)
+            except FileNotFoundError:
+                if not flags & os.O_CREAT:
+                    raise
+                try:  # made here (O_EXCL): then, and only then, ours to give to the owner
                     fd = os.open(filename, base | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dir_fd)
                     created = True
                 except FileExistsError:
                     fd = os.open(filename, base, dir_fd=dir_fd)
-            else:
-                fd = os.open(filename, base, dir_fd=dir_fd)
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise RegistryError(f"refusing {what}: it is a symlink", path=shown) from err
@@ -239,7 +314,7 @@ class RecordStore:
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=dir_fd)
-            raise RegistryError(f"cannot write {what} ({err.strerror or err})",
+            raise RegistryError(f"cannot write {what}",
                                 path=str(self.instances_dir / filename),
                                 errno=err.errno) from err
 
@@ -320,8 +395,11 @@ class RecordStore:
         self.write_file(dir_fd, f"{record.name}.json", json.dumps(record.to_json()).encode(),
                         what="the instance record")
 
-    def claim(self, record: InstanceRecord) -> NameLock:
-        """Take the name (its lock) and write ``record`` (state "starting").
+    def claim(self, name: str, *, record: InstanceRecord | None = None) -> NameLock:
+        """Take the name: lock ``<name>.lock`` and note in it who is starting it.
+
+        A start in progress is told by its lock alone (``starting PID
+        STARTTIME``); ``record``, if given, is written as the name's record too.
 
         Raises:
             NameConflict: a running or starting instance has the name.
@@ -332,54 +410,96 @@ class RecordStore:
         with self.opened(create=True) as dir_fd:
             assert dir_fd is not None
             with self.locked(dir_fd):
-                return NameLock(self._claim(dir_fd, record))
+                return NameLock(self._claim(dir_fd, name, record))
 
-    def _claim(self, dir_fd: int, record: InstanceRecord) -> int:
-        lock = self.open_file(dir_fd, f"{record.name}.lock", os.O_RDWR | os.O_CREAT,
+    def _claim(self, dir_fd: int, name: str, record: InstanceRecord | None) -> int:
+        lock = self.open_file(dir_fd, f"{name}.lock", os.O_RDWR | os.O_CREAT,
                               what="the instance's name lock")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _lock_note(lock)
             os.close(lock)
             # Held: a live instance (recovered here if its record was lost) or a start.
-            existing = self.read(dir_fd, record.name) or self._recover(dir_fd, record.name)
-            raise self._conflict(record.name, existing) from None
+            existing = self.read(dir_fd, name) or self._recover(dir_fd, name)
+            raise self._conflict(name, existing, holder) from None
         except BaseException:
             os.close(lock)
             raise
         try:
-            existing = self.read(dir_fd, record.name)
+            existing = self.read(dir_fd, name)
             # A "starting" record whose name nobody holds is a start that was abandoned.
             if existing is not None and existing.state == "running" and existing.is_alive(
                     self.owner_uid):
-                raise self._conflict(record.name, existing)
-            self.write_record(dir_fd, record)
+                raise self._conflict(name, existing, None)
+            me = procfs.read_stat(os.getpid())
+            try:
+                note_lock(lock, "starting", os.getpid(), me.starttime if me else 0)
+            except OSError as err:
+                raise RegistryError("cannot write the instance's name lock", name=name,
+                                    path=str(self.instances_dir / f"{name}.lock"),
+                                    errno=err.errno) from err
+            if record is not None:
+                self.write_record(dir_fd, record)
         except BaseException:
             # We hold the lock, under the registry lock: no instance has it; it goes.
             with contextlib.suppress(OSError):
-                os.unlink(f"{record.name}.lock", dir_fd=dir_fd)
+                os.unlink(f"{name}.lock", dir_fd=dir_fd)
             os.close(lock)
             raise
         return lock
 
-    def _conflict(self, name: str, existing: InstanceRecord | None) -> NameConflict:
-        if existing is None or existing.state != "running":
-            what = (f"is being started by process {existing.owner_pid}" if existing is not None
-                    else "is being started")
-            return NameConflict(f"an instance named {name!r} {what}", name=name,
-                                pid=existing.owner_pid if existing else None)
-        return NameConflict(f"an instance named {name!r} is already running", name=name,
-                            pid=existing.pid)
+    def _conflict(self, name: str, existing: InstanceRecord | None,
+                  holder: tuple[str, int, int] | None) -> NameConflict:
+        if existing is not None and existing.state == "running":
+            return NameConflict(f"an instance named {name!r} is already running", name=name,
+                                pid=existing.pid)
+        starter = existing.owner_pid if existing is not None else (
+            holder[1] if holder is not None and holder[0] == "starting" else None)
+        what = f"is being started by process {starter}" if starter else "is being started"
+        return NameConflict(f"an instance named {name!r} {what}", name=name, pid=starter)
 
-    def publish(self, record: InstanceRecord, env: dict[str, str]) -> None:
-        """Replace the claim with the running instance's record (and its environment)."""
+    def publish(self, record: InstanceRecord, env: dict[str, str],
+                lock: NameLock | None = None) -> None:
+        """Write the running instance's record (and its environment); note it in ``lock``."""
         with self.opened() as dir_fd:
             if dir_fd is None:
                 raise RegistryError("the registry directory disappeared during the start",
                                     name=record.name, path=str(self.instances_dir))
-            self.write_file(dir_fd, f"{record.name}.env", json.dumps(env).encode(),
-                            what="the instance's environment")
+            self._write_env(dir_fd, record.name, env, lock.fd if lock is not None else None)
             self.write_record(dir_fd, record)
+        if lock is not None:
+            try:
+                note_lock(lock.fd, "running", record.pid, record.starttime)
+            except OSError as err:
+                raise RegistryError("cannot write the instance's name lock", name=record.name,
+                                    errno=err.errno) from err
+
+    def _write_env(self, dir_fd: int, name: str, env: dict[str, str], lock: int | None) -> None:
+        """The environment, after the note in the name's lock file (no file of its own).
+
+        Written before the record is published, so whoever finds the record
+        finds the environment complete; only the instance's own start (or a
+        recovery) writes it.
+        """
+        fd = lock if lock is not None else self.open_file(
+            dir_fd, f"{name}.lock", os.O_RDWR | os.O_CREAT, what="the instance's name lock")
+        try:
+            data = json.dumps(env).encode()
+            if lock is None and _lock_note(fd) is None:
+                os.pwrite(fd, b" " * _NOTE_SIZE, 0)
+            view, offset = memoryview(data), _NOTE_SIZE
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.ftruncate(fd, _NOTE_SIZE + len(data))
+        except OSError as err:
+            raise RegistryError("cannot write the instance's environment", name=name,
+                                path=str(self.instances_dir / f"{name}.lock"),
+                                errno=err.errno) from err
+        finally:
+            if lock is None:
+                os.close(fd)
 
     def copy_for_init(self, record: InstanceRecord, env: dict[str, str]) -> int:
         """The memfd PID 1 keeps: this record and environment, and which registry it is in."""
@@ -411,7 +531,7 @@ class RecordStore:
                 if lock is None:
                     return self._recover(dir_fd, name)
                 try:
-                    for suffix in (".json", ".env", ".lock"):
+                    for suffix in (".json", ".lock"):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(f"{name}{suffix}", dir_fd=dir_fd)
                 finally:
@@ -454,9 +574,27 @@ class RecordStore:
         except OSError:
             return None
         lock = (info.st_dev, info.st_ino)
-        for init in procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid):
-            files = procfs.open_files(init.pid)
-            if lock not in {identity for _fd, _target, identity in files}:
+        # The lock names its PID 1 once the start has published it: look there first.
+        candidates = []
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
+            try:
+                note = _lock_note(fd)
+            finally:
+                os.close(fd)
+            if note is not None and note[0] == "running":
+                noted = procfs.read_stat(note[1], owner=True)
+                if noted is not None and noted.starttime == note[2]:
+                    candidates = [noted]
+        if not candidates:
+            candidates = procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid)
+        for init in candidates:
+            if init.comm != procfs.INIT_COMM or init.uid != self.owner_uid or not init.running:
+                continue
+            files = _files_holding(init.pid, lock, wait=_IN_FLIGHT if len(candidates) == 1
+                                   else 0.0)
+            if files is None:
                 continue
             found = self._read_copy(init, files)
             if found is None or found[0].name != name:
@@ -526,12 +664,15 @@ class RecordStore:
         return None
 
     def _republish(self, dir_fd: int, record: InstanceRecord, env: dict[str, str]) -> None:
-        self.write_file(dir_fd, f"{record.name}.env", json.dumps(env).encode(),
-                        what="the instance's environment")
+        self._write_env(dir_fd, record.name, env, None)
         self.write_record(dir_fd, record)
 
     def lost_locks(self, dir_fd: int, names: set[str]) -> list[InstanceRecord]:
-        """For lock files without a record: recover held ones, remove the others."""
+        """For lock files without a record: recover held ones, remove the others.
+
+        A lock held by a start in progress (its note names a live starter) is
+        left alone, without the process scan a recovery may need.
+        """
         recovered = []
         for name in names:
             with self.locked(dir_fd):
@@ -539,6 +680,8 @@ class RecordStore:
                     continue
                 lock = self._try_lock(dir_fd, name)
                 if lock is None:
+                    if self._being_started(dir_fd, name):
+                        continue
                     record = self._recover(dir_fd, name)
                     if record is not None:
                         recovered.append(record)
@@ -551,19 +694,32 @@ class RecordStore:
                         os.close(lock)
         return recovered
 
+    def _being_started(self, dir_fd: int, name: str) -> bool:
+        try:
+            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return False
+        try:
+            note = _lock_note(fd)
+        finally:
+            os.close(fd)
+        return (note is not None and note[0] == "starting"
+                and procfs.is_alive(note[1], note[2], uid=self.owner_uid))
+
     # -- the environment and the logs --------------------------------------------------------
 
     def load_env(self, name: str) -> dict[str, str]:
-        """The environment stored for ``name`` at start."""
-        path = str(self.instances_dir / f"{name}.env")
+        """The environment stored for ``name`` at start (in its lock file)."""
+        path = str(self.instances_dir / f"{name}.lock")
         try:
             with self.opened() as dir_fd:
                 if dir_fd is None:
                     raise FileNotFoundError(errno.ENOENT, "no registry", path)
-                fd = self.open_file(dir_fd, f"{name}.env", os.O_RDONLY,
-                                    what="the instance's environment")
+                fd = self.open_file(dir_fd, f"{name}.lock", os.O_RDONLY,
+                                    what="the instance's name lock")
             try:
-                data = os.pread(fd, MAX_COPY, 0)
+                data = os.pread(fd, MAX_COPY, _NOTE_SIZE)
             finally:
                 os.close(fd)
             loaded = json.loads(data)

@@ -183,10 +183,8 @@ class InstanceRegistry:
     def record_path(self, name: str) -> Path:
         return self.instances_dir / f"{name}.json"
 
-    def env_path(self, name: str) -> Path:
-        return self.instances_dir / f"{name}.env"
-
     def lock_path(self, name: str) -> Path:
+        """The name's lock file (it also holds the instance's environment)."""
         return self.instances_dir / f"{name}.lock"
 
     def log_paths(self, name: str) -> tuple[Path, Path]:
@@ -227,16 +225,25 @@ class InstanceRegistry:
         self.store.ensure()
 
     def claim(self, record: InstanceRecord) -> NameLock:
-        """Take ``record``'s name and write it (state "starting"); see ``RecordStore.claim``."""
-        return self.store.claim(record)
+        """Take ``record``'s name and write the record; see ``RecordStore.claim``."""
+        return self.store.claim(record.name, record=record)
 
-    def publish(self, record: InstanceRecord, env: dict[str, str]) -> None:
-        """Replace the claim with the running instance's record (and its environment)."""
-        self.store.publish(record, env)
+    def claim_name(self, name: str) -> NameLock:
+        """Take a name for a start (no record yet); see ``RecordStore.claim``."""
+        return self.store.claim(name)
+
+    def publish(self, record: InstanceRecord, env: dict[str, str],
+                lock: NameLock | None = None) -> None:
+        """Write the running instance's record (and its environment)."""
+        self.store.publish(record, env, lock)
 
     def remove(self, record: InstanceRecord) -> None:
         """Remove ``record``'s files, unless the name was claimed again by someone else."""
         self.store.discard(record.name, record)
+
+    def forget(self, name: str, seen: InstanceRecord | None) -> None:
+        """Remove what a failed start of ``name`` wrote (``seen``: its record, if any)."""
+        self.store.discard(name, seen)
 
     def load_env(self, name: str) -> dict[str, str]:
         """The environment stored for ``name`` at start."""

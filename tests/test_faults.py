@@ -135,7 +135,7 @@ def _failing(monkeypatch: pytest.MonkeyPatch, targets: list[tuple[Any, str]], er
 
 
 FAULTS = {
-    "ENOSPC on write": ([(os, "write")], errno.ENOSPC),
+    "ENOSPC on write": ([(os, "write"), (os, "pwrite"), (os, "ftruncate")], errno.ENOSPC),
     "EMFILE on open": ([(os, "open"), (os, "pipe2"), (os, "memfd_create"), (os, "dup")],
                        errno.EMFILE),
 }

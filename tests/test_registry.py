@@ -166,7 +166,7 @@ def test_writes_leave_no_temporary_files(tmp_path, own_record):
     registry = InstanceRegistry(tmp_path)
     registry.claim(own_record("a"))
     registry.publish(own_record("a"), {"K": "V"})
-    assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.env", "a.json",
+    assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.json",
                                                                          "a.lock"]
     assert registry.load_env("a") == {"K": "V"}
 

@@ -62,7 +62,6 @@ def test_the_name_of_a_live_instance_with_a_garbled_record_stays_taken(
 def test_a_deleted_record_is_recovered_through_the_held_name_lock(make_image, start, registry):
     instance = start(make_image(startscript=SLEEPER), "deleted")
     registry.record_path("deleted").unlink()
-    registry.env_path("deleted").unlink()
     listed = InstanceRegistry(registry.root).list()
     assert [(i.name, i.pid) for i in listed] == [("deleted", instance.pid)]
     assert listed[0].exec(["true"]).returncode == 0   # the environment came back too
@@ -75,8 +74,7 @@ def test_a_deleted_record_is_recovered_through_the_held_name_lock(make_image, st
 def test_an_instance_whose_files_were_all_deleted_is_found_by_recover(
         make_image, start, registry):
     instance = start(make_image(startscript=SLEEPER), "orphan")
-    for path in (registry.record_path("orphan"), registry.env_path("orphan"),
-                 registry.lock_path("orphan")):
+    for path in (registry.record_path("orphan"), registry.lock_path("orphan")):
         path.unlink()
     assert registry.list() == []
     found = InstanceRegistry(registry.root).recover()

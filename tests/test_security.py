@@ -39,7 +39,7 @@ def test_registry_and_logs_are_private(make_image, start, registry):
     for directory in (registry.root, registry.root / "instances", registry.instances_dir,
                       registry.root / "logs", registry.logs_dir):
         assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
-    for path in (registry.record_path("private"), registry.env_path("private"),
+    for path in (registry.record_path("private"), registry.lock_path("private"),
                  instance.stdout_path, instance.stderr_path):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
 
