@@ -21,6 +21,7 @@ import psutil
 
 from instancelib import launchplan
 from instancelib.binds import Bind, parse_binds
+from instancelib.cgroups import control as cgroup_control
 from instancelib.cgroups import tree as cgroup_tree
 from instancelib.cgroups.limits import Limits
 from instancelib.cgroups.stats import Sample, Stats
@@ -237,7 +238,7 @@ class Instance(metaclass=_NoPublicConstructor):
             cgroup_plan = cgroup_tree.plan(name, limits)
             # Undone after PID 1 is gone (callbacks run last-registered first).
             made: list[CgroupInfo] = []
-            on_failure.callback(lambda: [cgroup_tree.remove(i, wait=0.5) for i in made])
+            on_failure.callback(lambda: [cgroup_control.remove(i, wait=0.5) for i in made])
             out_path, err_path = registry.log_paths(name)
             out_fd = _open_log(registry, name, "out")
             on_failure.callback(os.close, out_fd)
@@ -346,7 +347,7 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def _live_cgroup(self) -> CgroupInfo | None:
         """The recorded cgroup if PID 1 (already checked to run) really is in it."""
-        return cgroup_tree.live_info(self.pid, self._record.uid,
+        return cgroup_control.live_info(self.pid, self._record.uid,
                                      CgroupInfo.from_dict(self._record.cgroup))
 
     @property
@@ -426,7 +427,7 @@ class Instance(metaclass=_NoPublicConstructor):
                               "have one; an ordinary user's need a delegated cgroup v2 "
                               "subtree)", name=self.name)
         try:
-            cgroup_tree.freeze(cgroup, frozen)
+            cgroup_control.freeze(cgroup, frozen)
         except TimeoutError as err:
             raise Timeout(str(err), name=self.name) from err
         except OSError as err:
@@ -437,7 +438,7 @@ class Instance(metaclass=_NoPublicConstructor):
     def paused(self) -> bool:
         """Whether the instance is frozen (``pause()``)."""
         cgroup = self.cgroup
-        return cgroup is not None and cgroup_tree.is_frozen(cgroup)
+        return cgroup is not None and cgroup_control.is_frozen(cgroup)
 
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
@@ -502,7 +503,7 @@ class Instance(metaclass=_NoPublicConstructor):
         environment = envscripts.apply_overrides(self._environment(), check_env(env))
         check_exec_size(command, environment)
         cgroup = self._live_cgroup()
-        if cgroup is not None and cgroup_tree.is_frozen(cgroup):
+        if cgroup is not None and cgroup_control.is_frozen(cgroup):
             # The command would join the frozen cgroup and hang there (docker refuses too).
             raise ExecError("the instance is paused: resume() it first", name=self.name)
         with _Stdio(stdin, stdout, stderr, text) as stdio:
@@ -738,7 +739,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
                 if sig != signals.SIGKILL:
                     # A paused instance cannot act on a signal: thaw it first.
                     with contextlib.suppress(OSError, TimeoutError, Unsupported):
-                        cgroup_tree.freeze(cgroup, False, timeout=1.0)
+                        cgroup_control.freeze(cgroup, False, timeout=1.0)
             log.debug("stopping instance %r (pid %d)", instance.name, instance.pid)
             try:
                 syscalls.pidfd_send_signal(pidfd, sig)
@@ -756,7 +757,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
             if instance.name in cgroups:
                 # Every process of its cgroup, whatever namespace or group it is in.
                 with contextlib.suppress(OSError):
-                    cgroup_tree.kill(cgroups[instance.name])
+                    cgroup_control.kill(cgroups[instance.name])
             with contextlib.suppress(ProcessLookupError):
                 syscalls.pidfd_send_signal(pidfd, signals.SIGKILL)
             if not procfs.wait_pidfd(pidfd, _KILL_GRACE):
@@ -769,10 +770,10 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
         cgroup = cgroups.get(stopped.name)
         if cgroup is not None:
             # PID 1 is gone; anything of the instance still in its cgroup goes too.
-            if cgroup_tree.populated(cgroup):
+            if cgroup_control.populated(cgroup):
                 with contextlib.suppress(OSError):
-                    cgroup_tree.kill(cgroup)
-            cgroup_tree.remove(cgroup)
+                    cgroup_control.kill(cgroup)
+            cgroup_control.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
 
@@ -782,7 +783,7 @@ def _remove_cgroup(instance: Instance) -> None:
     if instance._record.cgroup is not None and (has_host_root()
                                                 or instance._record.uid == os.geteuid()):
         # Only removed, never killed: a record is no proof of what the cgroup holds.
-        cgroup_tree.remove_dead(instance._record.cgroup, instance._record.uid)
+        cgroup_control.remove_dead(instance._record.cgroup, instance._record.uid)
 
 
 def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:

@@ -48,68 +48,32 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from instancelib import recovery
 from instancelib.errors import NameConflict, PermissionDenied, RegistryError
 from instancelib.linux import procfs
 from instancelib.records import (
-    COPY_NAME,
     MAX_COPY,
+    NOTE_SIZE,
     InstanceRecord,
     NameLock,
     dead_writer,
+    lock_note,
+    note_lock,
     record_copy,
     write_all,
     writer_id,
 )
 
-__all__ = ["RecordStore", "note_lock"]
+__all__ = ["RecordStore"]
 
 log = logging.getLogger("instancelib")
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RECORD = 1 << 20
 _READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
-_NOTE_SIZE = 64        # a lock's note, padded: rewritten in place, never shorter
-_IN_FLIGHT = 1.0       # seconds a just-started PID 1 may take to receive its lock
-
-
-def note_lock(fd: int, state: str, pid: int, starttime: int) -> None:
-    """Say in a name's lock who holds it: ``starting CALLER ST`` or ``running PID1 ST``.
-
-    One small write in place (no new file): a start is told from a lost
-    record without a look at any process, and a lost record's PID 1 is found
-    without a scan of all of them.
-    """
-    data = f"{state} {pid} {starttime}\n".encode()
-    os.pwrite(fd, data.ljust(_NOTE_SIZE), 0)
-
-
-def _files_holding(pid: int, lock: tuple[int, int], *,
-                   wait: float) -> list[tuple[int, str, tuple[int, int]]] | None:
-    """The descriptors of ``pid`` if one of them is the lock (waiting up to ``wait`` s).
-
-    Right after a start returns, the lock and the record's copy may still be
-    in flight to PID 1 (sent, not yet received): the named PID 1 gets a moment.
-    """
-    deadline = time.monotonic() + wait
-    while True:
-        files = procfs.open_files(pid)
-        if lock in {identity for _fd, _target, identity in files}:
-            return files
-        if time.monotonic() >= deadline or not os.path.exists(f"/proc/{pid}"):
-            return None
-        time.sleep(0.002)
-
-
-def _lock_note(fd: int) -> tuple[str, int, int] | None:
-    try:
-        state, pid, starttime = os.pread(fd, _NOTE_SIZE, 0).split()
-        return state.decode(), int(pid), int(starttime)
-    except (OSError, ValueError):
-        return None
 
 
 class RecordStore:
@@ -418,10 +382,10 @@ class RecordStore:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _lock_note(lock)
+            holder = lock_note(lock)
             os.close(lock)
             # Held: a live instance (recovered here if its record was lost) or a start.
-            existing = self.read(dir_fd, name) or self._recover(dir_fd, name)
+            existing = self.read(dir_fd, name) or recovery.recover(self, dir_fd, name)
             raise self._conflict(name, existing, holder) from None
         except BaseException:
             os.close(lock)
@@ -466,7 +430,7 @@ class RecordStore:
             if dir_fd is None:
                 raise RegistryError("the registry directory disappeared during the start",
                                     name=record.name, path=str(self.instances_dir))
-            self._write_env(dir_fd, record.name, env, lock.fd if lock is not None else None)
+            self.write_env(dir_fd, record.name, env, lock.fd if lock is not None else None)
             self.write_record(dir_fd, record)
         if lock is not None:
             try:
@@ -475,7 +439,7 @@ class RecordStore:
                 raise RegistryError("cannot write the instance's name lock", name=record.name,
                                     errno=err.errno) from err
 
-    def _write_env(self, dir_fd: int, name: str, env: dict[str, str], lock: int | None) -> None:
+    def write_env(self, dir_fd: int, name: str, env: dict[str, str], lock: int | None) -> None:
         """The environment, after the note in the name's lock file (no file of its own).
 
         Written before the record is published, so whoever finds the record
@@ -486,13 +450,13 @@ class RecordStore:
             dir_fd, f"{name}.lock", os.O_RDWR | os.O_CREAT, what="the instance's name lock")
         try:
             data = json.dumps(env).encode()
-            if lock is None and _lock_note(fd) is None:
-                os.pwrite(fd, b" " * _NOTE_SIZE, 0)
-            view, offset = memoryview(data), _NOTE_SIZE
+            if lock is None and lock_note(fd) is None:
+                os.pwrite(fd, b" " * NOTE_SIZE, 0)
+            view, offset = memoryview(data), NOTE_SIZE
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
-            os.ftruncate(fd, _NOTE_SIZE + len(data))
+            os.ftruncate(fd, NOTE_SIZE + len(data))
         except OSError as err:
             raise RegistryError("cannot write the instance's environment", name=name,
                                 path=str(self.instances_dir / f"{name}.lock"),
@@ -527,9 +491,9 @@ class RecordStore:
                     return None  # replaced meanwhile by a new instance of that name
                 if seen is None and current is not None:
                     return None  # it became readable meanwhile
-                lock = self._try_lock(dir_fd, name)
+                lock = self.try_lock(dir_fd, name)
                 if lock is None:
-                    return self._recover(dir_fd, name)
+                    return recovery.recover(self, dir_fd, name)
                 try:
                     for suffix in (".json", ".lock"):
                         with contextlib.suppress(FileNotFoundError):
@@ -539,7 +503,7 @@ class RecordStore:
                         os.close(lock)
         return None
 
-    def _try_lock(self, dir_fd: int, name: str) -> int | None:
+    def try_lock(self, dir_fd: int, name: str) -> int | None:
         """Our descriptor of the name's lock, locked (-1: there is none); None if it is held."""
         try:
             fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -558,154 +522,12 @@ class RecordStore:
 
     def held(self, dir_fd: int, name: str) -> bool:
         """Whether the name's lock is held (by a live instance or a start in progress)."""
-        fd = self._try_lock(dir_fd, name)
+        fd = self.try_lock(dir_fd, name)
         if fd is None:
             return True
         if fd >= 0:
             os.close(fd)
         return False
-
-    # -- recovery ---------------------------------------------------------------------------
-
-    def _recover(self, dir_fd: int, name: str) -> InstanceRecord | None:
-        """Re-publish the record of the PID 1 holding the name's lock (under the lock)."""
-        try:
-            info = os.stat(f"{name}.lock", dir_fd=dir_fd, follow_symlinks=False)
-        except OSError:
-            return None
-        lock = (info.st_dev, info.st_ino)
-        # The lock names its PID 1 once the start has published it: look there first.
-        candidates = []
-        with contextlib.suppress(OSError):
-            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, dir_fd=dir_fd)
-            try:
-                note = _lock_note(fd)
-            finally:
-                os.close(fd)
-            if note is not None and note[0] == "running":
-                noted = procfs.read_stat(note[1], owner=True)
-                if noted is not None and noted.starttime == note[2]:
-                    candidates = [noted]
-        if not candidates:
-            candidates = procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid)
-        for init in candidates:
-            if init.comm != procfs.INIT_COMM or init.uid != self.owner_uid or not init.running:
-                continue
-            files = _files_holding(init.pid, lock, wait=_IN_FLIGHT if len(candidates) == 1
-                                   else 0.0)
-            if files is None:
-                continue
-            found = self._read_copy(init, files)
-            if found is None or found[0].name != name:
-                continue
-            record, env, _registry = found
-            self._republish(dir_fd, record, env)
-            log.warning("instance %r: its record was unreadable or stale; re-published it from "
-                        "its PID 1 (%d)", name, init.pid)
-            return record
-        return None  # held by a start in progress (the starter, not a PID 1, holds it)
-
-    def recover_all(self) -> list[InstanceRecord]:
-        """Find the owner's running instances that this registry has lost, and re-publish them.
-
-        A scan of every process of the owner named ``instancelib-init``: each
-        keeps a copy of its record saying which registry it belongs to.
-        """
-        recovered: list[InstanceRecord] = []
-        with self.opened(create=True) as dir_fd:
-            assert dir_fd is not None
-            self._recover_all(dir_fd, recovered)
-        return recovered
-
-    def _recover_all(self, dir_fd: int, recovered: list[InstanceRecord]) -> None:
-        with self.locked(dir_fd):
-            ours = self.identity(dir_fd)
-            for init in procfs.processes_named(procfs.INIT_COMM, uid=self.owner_uid):
-                found = self._read_copy(init, procfs.open_files(init.pid))
-                if found is None:
-                    continue
-                record, env, (registry, directory) = found
-                if registry != ours and directory != str(self.instances_dir):
-                    continue
-                current = self.read(dir_fd, record.name)
-                if current is not None and current.is_alive(self.owner_uid):
-                    continue  # listed already (or the name is another live instance's)
-                self._republish(dir_fd, record, env)
-                log.warning("instance %r: found running without a record; re-published it "
-                            "from its PID 1 (%d)", record.name, init.pid)
-                recovered.append(record)
-
-    def _read_copy(self, init: procfs.ProcStat, files: list[tuple[int, str, tuple[int, int]]]
-                   ) -> tuple[InstanceRecord, dict[str, str], tuple[tuple[int, int], str]] | None:
-        """The record copy a PID 1 holds, if it is one and agrees with the live process."""
-        for fd, target, _identity in files:
-            if not target.startswith(f"/memfd:{COPY_NAME}"):
-                continue
-            try:
-                copy = os.open(f"/proc/{init.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    data = os.pread(copy, MAX_COPY, 0)
-                finally:
-                    os.close(copy)
-                content = json.loads(data)
-                record = InstanceRecord.from_json(content["record"])
-                env = {str(k): str(v) for k, v in dict(content["env"]).items()}
-                registry = tuple(int(x) for x in content["registry"])
-                directory = str(content["instancesDir"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            live = procfs.read_stat(init.pid, owner=True)
-            if (record.pid == init.pid and record.state == "running" and live is not None
-                    and record.starttime == live.starttime == init.starttime
-                    and record.uid == self.owner_uid == live.uid
-                    and len(registry) == 2):
-                return record, env, ((registry[0], registry[1]), directory)
-        return None
-
-    def _republish(self, dir_fd: int, record: InstanceRecord, env: dict[str, str]) -> None:
-        self._write_env(dir_fd, record.name, env, None)
-        self.write_record(dir_fd, record)
-
-    def lost_locks(self, dir_fd: int, names: set[str]) -> list[InstanceRecord]:
-        """For lock files without a record: recover held ones, remove the others.
-
-        A lock held by a start in progress (its note names a live starter) is
-        left alone, without the process scan a recovery may need.
-        """
-        recovered = []
-        for name in names:
-            with self.locked(dir_fd):
-                if self.read(dir_fd, name) is not None:
-                    continue
-                lock = self._try_lock(dir_fd, name)
-                if lock is None:
-                    if self._being_started(dir_fd, name):
-                        continue
-                    record = self._recover(dir_fd, name)
-                    if record is not None:
-                        recovered.append(record)
-                    continue
-                if lock >= 0:
-                    try:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(f"{name}.lock", dir_fd=dir_fd)
-                    finally:
-                        os.close(lock)
-        return recovered
-
-    def _being_started(self, dir_fd: int, name: str) -> bool:
-        try:
-            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
-            return False
-        try:
-            note = _lock_note(fd)
-        finally:
-            os.close(fd)
-        return (note is not None and note[0] == "starting"
-                and procfs.is_alive(note[1], note[2], uid=self.owner_uid))
 
     # -- the environment and the logs --------------------------------------------------------
 
@@ -719,7 +541,7 @@ class RecordStore:
                 fd = self.open_file(dir_fd, f"{name}.lock", os.O_RDONLY,
                                     what="the instance's name lock")
             try:
-                data = os.pread(fd, MAX_COPY, _NOTE_SIZE)
+                data = os.pread(fd, MAX_COPY, NOTE_SIZE)
             finally:
                 os.close(fd)
             loaded = json.loads(data)

@@ -20,6 +20,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from instancelib import recovery
 from instancelib.errors import InvalidArgument, NotFound, PermissionDenied
 from instancelib.linux.userns import has_host_root
 from instancelib.records import InstanceRecord, NameLock, validate_name
@@ -117,7 +118,7 @@ class InstanceRegistry:
         with self.store.opened() as dir_fd:
             record = self._load(dir_fd, name) if dir_fd is not None else None
             if record is None and dir_fd is not None and self.store.held(dir_fd, name):
-                record = next((r for r in self.store.lost_locks(dir_fd, {name})), None)
+                record = next((r for r in recovery.lost_locks(self.store, dir_fd, {name})), None)
         if record is None or record.state != "running":
             raise NotFound(f"no instance named {name!r} is running", name=name)
         return Instance._from_record(record, self)
@@ -146,7 +147,7 @@ class InstanceRegistry:
         """
         from instancelib.instance import Instance  # noqa: PLC0415 (instance imports registry)
 
-        return [Instance._from_record(record, self) for record in self.store.recover_all()]
+        return [Instance._from_record(record, self) for record in recovery.recover_all(self.store)]
 
     # -- records ----------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class InstanceRegistry:
             lost = {name for name in locks - entries.keys()
                     if match_all or fnmatch.fnmatchcase(name, pattern)}
             if lost:
-                found.extend(r for r in self.store.lost_locks(dir_fd, lost)
+                found.extend(r for r in recovery.lost_locks(self.store, dir_fd, lost)
                              if r.state == "running")
         found.sort(key=lambda r: r.name)
         return found
@@ -213,9 +214,9 @@ class InstanceRegistry:
         if record is not None and record.cgroup is not None and record.state == "running" and (
                 record.uid == os.geteuid() or has_host_root()):
             # Its PID 1 ended without a stop (killed from outside): its cgroup goes too.
-            from instancelib.cgroups import tree  # noqa: PLC0415 (rarely needed)
+            from instancelib.cgroups import control  # noqa: PLC0415 (rarely needed)
 
-            tree.remove_dead(record.cgroup, record.uid)
+            control.remove_dead(record.cgroup, record.uid)
         return None
 
     # -- writing ----------------------------------------------------------------------------
