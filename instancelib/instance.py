@@ -346,7 +346,7 @@ class Instance(metaclass=_NoPublicConstructor):
         return self._live_cgroup() if self.is_running() else None
 
     def _live_cgroup(self) -> CgroupInfo | None:
-        """The recorded cgroup if PID 1 (already checked to run) really is in it."""
+        """The cgroup PID 1 (already checked to run) is in, as the kernel says (see control)."""
         return cgroup_control.live_info(self.pid, self._record.uid,
                                      CgroupInfo.from_dict(self._record.cgroup))
 
