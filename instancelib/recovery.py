@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from instancelib.linux import procfs
 from instancelib.records import COPY_NAME, MAX_COPY, InstanceRecord, lock_note
@@ -99,10 +99,7 @@ def recover_all(store: RecordStore) -> list[InstanceRecord]:
 def _recover_all(store: RecordStore, dir_fd: int, recovered: list[InstanceRecord]) -> None:
     with store.locked(dir_fd):
         ours = store.identity(dir_fd)
-        for init in procfs.processes_named(procfs.INIT_COMM, uid=store.owner_uid):
-            found = _read_copy(store, init, procfs.open_files(init.pid))
-            if found is None:
-                continue
+        for init, found in _copies(store):
             record, env, (registry, directory) = found
             if registry != ours and directory != str(store.instances_dir):
                 continue
@@ -113,6 +110,34 @@ def _recover_all(store: RecordStore, dir_fd: int, recovered: list[InstanceRecord
             log.warning("instance %r: found running without a record; re-published it "
                         "from its PID 1 (%d)", record.name, init.pid)
             recovered.append(record)
+
+
+def _copies(store: RecordStore) -> list[tuple[procfs.ProcStat, Any]]:
+    """Every PID 1 of the owner with the copy of its record it keeps.
+
+    A PID 1 without one is being started, or was started a moment ago and
+    has its copy still in flight: those get a moment (a start that is being
+    set up may take the whole moment; this is a repair, not a hot path).
+    """
+    found, waiting = [], []
+    for init in procfs.processes_named(procfs.INIT_COMM, uid=store.owner_uid):
+        copy = _read_copy(store, init, procfs.open_files(init.pid))
+        if copy is not None:
+            found.append((init, copy))
+        else:
+            waiting.append(init)
+    deadline = time.monotonic() + _IN_FLIGHT
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.005)
+        still = []
+        for init in waiting:
+            copy = _read_copy(store, init, procfs.open_files(init.pid))
+            if copy is not None:
+                found.append((init, copy))
+            elif os.path.exists(f"/proc/{init.pid}"):
+                still.append(init)
+        waiting = still
+    return found
 
 
 def _read_copy(store: RecordStore, init: procfs.ProcStat,

@@ -32,16 +32,23 @@ from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgr
 
 SLEEPER = "#!/bin/sh\nexec sleep 1000\n"
 CALLER = """
-import sys, time
+import os, sys, time
 from instancelib import Image, Instance, InstanceRegistry
+from instancelib.linux import client
 registry, image = InstanceRegistry(sys.argv[1]), Image(sys.argv[2])
 Instance.start(image, "warm", registry=registry).stop()   # a warm fork-server, a spare
-print("ready", flush=True)
+print("ready", os.getpid(), client.get_forkserver().process.pid, flush=True)
 sys.stdin.readline()
 Instance.start(image, "victim", registry=registry)
 print("started", flush=True)
 time.sleep(1000)
 """
+
+
+def _of(pids: set[int], cgroups: set[str], processes: set[int]) -> dict[str, Any]:
+    """What of ``cgroups`` and ``processes`` belongs to the processes ``pids`` made."""
+    mine = {c for c in cgroups if any(f".{pid}." in os.path.basename(c) for pid in pids)}
+    return {kind: what for kind, what in (("cgroups", mine), ("processes", processes)) if what}
 
 
 class Leftovers:
@@ -86,13 +93,14 @@ def test_a_caller_killed_at_any_point_of_a_start_leaves_nothing(make_image, tmp_
     delays = [i * 0.0007 for i in range(24)] + [0.02, 0.05]
     outcomes = []
     for delay in delays:
-        before = Leftovers()
+        processes_before = instance_processes()
         caller = subprocess.Popen([sys.executable, "-c", CALLER, str(registry.root),
                                    image.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   text=True, cwd=str(Path(__file__).resolve().parents[1]))
         try:
             assert caller.stdout is not None and caller.stdin is not None
-            assert caller.stdout.readline() == "ready\n"
+            word, *pids = caller.stdout.readline().split()
+            assert word == "ready"
             caller.stdin.write("go\n")
             caller.stdin.flush()
             time.sleep(delay)
@@ -103,7 +111,13 @@ def test_a_caller_killed_at_any_point_of_a_start_leaves_nothing(make_image, tmp_
         outcomes.append(bool(running))
         for instance in running:
             instance.stop()
-        left = _settled(before)
+        # Only what the killed caller and its fork-server made (other suites may run too).
+        made_by = {int(pid) for pid in pids}
+        left = _of(made_by, our_cgroups(), instance_processes() - processes_before)
+        deadline = time.monotonic() + 5
+        while left and time.monotonic() < deadline:
+            time.sleep(0.02)
+            left = _of(made_by, our_cgroups(), instance_processes() - processes_before)
         assert not left, f"killed after {delay * 1000:.1f} ms: {left}"
         assert _registry_files(registry) == [".lock"], delay
         Instance.start(image, "victim", registry=registry).stop()   # the name is free

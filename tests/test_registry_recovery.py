@@ -74,15 +74,18 @@ def test_a_deleted_record_is_recovered_through_the_held_name_lock(make_image, st
 def test_an_instance_whose_files_were_all_deleted_is_found_by_recover(
         make_image, start, registry):
     instance = start(make_image(startscript=SLEEPER), "orphan")
-    for path in (registry.record_path("orphan"), registry.lock_path("orphan")):
-        path.unlink()
-    assert registry.list() == []
-    found = InstanceRegistry(registry.root).recover()
-    assert [(i.name, i.pid) for i in found] == [("orphan", instance.pid)]
-    assert [i.name for i in registry.list()] == ["orphan"]
-    assert registry.recover() == []   # nothing lost any more
-    registry.get("orphan").stop()
-    assert not instance.is_running()
+    try:
+        for path in (registry.record_path("orphan"), registry.lock_path("orphan")):
+            path.unlink()
+        assert registry.list() == []
+        found = InstanceRegistry(registry.root).recover()
+        assert [(i.name, i.pid) for i in found] == [("orphan", instance.pid)]
+        assert [i.name for i in registry.list()] == ["orphan"]
+        assert registry.recover() == []   # nothing lost any more
+        registry.get("orphan").stop()
+        assert not instance.is_running()
+    finally:
+        instance.stop()   # (no record needed: the pidfd check is enough)
 
 
 def test_recover_adopts_only_this_registrys_instances(make_image, start, registry, tmp_path):
@@ -97,23 +100,25 @@ def test_recover_adopts_only_this_registrys_instances(make_image, start, registr
         assert [i.name for i in other.recover()] == ["theirs"]
     finally:
         theirs.stop()
-    mine.stop()
+        mine.stop()
 
 
 def test_the_cli_lists_a_recovered_instance(make_image, start, registry):
     instance = start(make_image(startscript=SLEEPER), "cli-orphan")
-    for path in (registry.record_path("cli-orphan"), registry.lock_path("cli-orphan")):
-        path.unlink()
-    env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
-    plain = subprocess.run([sys.executable, "-m", "instancelib", "instance", "list"],
-                           capture_output=True, text=True, env=env, check=False, timeout=60)
-    assert "cli-orphan" not in plain.stdout
-    recovered = subprocess.run([sys.executable, "-m", "instancelib", "instance", "list",
-                                "--recover"], capture_output=True, text=True, env=env,
-                               check=False, timeout=60)
-    assert recovered.returncode == 0, recovered.stderr
-    assert "cli-orphan" in recovered.stdout and str(instance.pid) in recovered.stdout
-    instance.stop()
+    try:
+        for path in (registry.record_path("cli-orphan"), registry.lock_path("cli-orphan")):
+            path.unlink()
+        env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
+        plain = subprocess.run([sys.executable, "-m", "instancelib", "instance", "list"],
+                               capture_output=True, text=True, env=env, check=False, timeout=60)
+        assert "cli-orphan" not in plain.stdout
+        recovered = subprocess.run([sys.executable, "-m", "instancelib", "instance", "list",
+                                    "--recover"], capture_output=True, text=True, env=env,
+                                   check=False, timeout=60)
+        assert recovered.returncode == 0, recovered.stderr
+        assert "cli-orphan" in recovered.stdout and str(instance.pid) in recovered.stdout
+    finally:
+        instance.stop()
 
 
 def test_a_stale_lock_file_without_an_instance_is_removed(registry):
