@@ -92,7 +92,8 @@ def layer_entries(draw: st.DrawFn, outside: str) -> list[Any]:
 EXAMPLES = int(os.environ.get("INSTANCELIB_FUZZ_EXAMPLES", "150"))
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_layer_changes_anything_outside_the_unpack_directory(playground, data):
     outside = _outside(playground)
