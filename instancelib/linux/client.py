@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
-import time
 from typing import Any
 
 from instancelib.errors import StartError, Unsupported
 from instancelib.linux import wire
+from instancelib.linux.cgroupdirs import remove_empty
 
 __all__ = ["ForkServer", "get_forkserver"]
 
@@ -121,19 +120,7 @@ class ForkServer:
             with contextlib.suppress(OSError):
                 directories += [os.path.join(base, e) for e in os.listdir(base)
                                 if e.startswith(prefix)]
-        deadline = time.monotonic() + _SPARE_EXIT_WAIT
-        while directories:
-            busy = []
-            for directory in directories:
-                try:
-                    os.rmdir(directory)
-                except OSError as err:
-                    if err.errno == errno.EBUSY:
-                        busy.append(directory)
-            directories = busy
-            if not directories or time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
+        remove_empty(directories, wait=_SPARE_EXIT_WAIT)
         self.cgroup_bases.clear()
 
     def alive(self) -> bool:

@@ -26,7 +26,6 @@ Only the standard library is imported.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gc
 import os
 import select
@@ -37,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from instancelib.linux import syscalls, wire
+from instancelib.linux.cgroupdirs import remove_empty
 from instancelib.linux.join import run_join
 from instancelib.linux.launch import run_launcher
 
@@ -106,7 +106,8 @@ class _Spare:
             os.close(self.pidfd)
             self.pidfd = -1
         if self.cgroup_leaf:
-            _remove_cgroups([os.path.join(base, self.cgroup_leaf) for base in self.cgroup_bases])
+            remove_empty([os.path.join(base, self.cgroup_leaf) for base in self.cgroup_bases],
+                         wait=_SPARE_EXIT_WAIT)
             for base in self.cgroup_bases:
                 if base in keep_tops:
                     continue
@@ -175,7 +176,7 @@ class _Server:
                 handed.resolve()
                 if handed.died:
                     self.died.append(handed)
-        _remove_cgroups([d for handed in self.died for d in handed.cgroups])
+        remove_empty([d for handed in self.died for d in handed.cgroups], wait=_SPARE_EXIT_WAIT)
         for top in {os.path.dirname(d) for handed in self.died for d in handed.cgroups}:
             with contextlib.suppress(OSError):
                 os.rmdir(top)  # our tree's top, if nothing else is in it
@@ -317,25 +318,6 @@ class _Server:
             for handed in self.handed.values():
                 handed.sock.close()
         return pid
-
-
-def _remove_cgroups(directories: list[str]) -> None:
-    """rmdir each; a cgroup stays busy for a moment after its last process exited."""
-    deadline = time.monotonic() + _SPARE_EXIT_WAIT
-    while directories:
-        busy = []
-        for directory in directories:
-            try:
-                os.rmdir(directory)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                if err.errno == errno.EBUSY:
-                    busy.append(directory)
-        directories = busy
-        if not directories or time.monotonic() > deadline:
-            return
-        time.sleep(0.002)
 
 
 def _noop(_signum: int, _frame: object) -> None:
