@@ -25,7 +25,7 @@ from instancelib.records import COPY_NAME, MAX_COPY, InstanceRecord, lock_note
 if TYPE_CHECKING:
     from instancelib.recordstore import RecordStore
 
-__all__ = ["lost_locks", "recover", "recover_all"]
+__all__ = ["holder_gone", "lost_locks", "recover", "recover_all"]
 
 log = logging.getLogger("instancelib")
 
@@ -187,6 +187,8 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
             if store.read(dir_fd, name) is not None:
                 continue
             lock = store.try_lock(dir_fd, name)
+            if lock is None and holder_gone(store, dir_fd, name):
+                lock = store.lock_when_released(dir_fd, name)
             if lock is None:
                 if _being_started(store, dir_fd, name):
                     continue
@@ -201,6 +203,13 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
                 finally:
                     os.close(lock)
     return recovered
+
+
+def holder_gone(store: RecordStore, dir_fd: int, name: str) -> bool:
+    """Whether the lock's note names a PID 1 that has ended (the lock is on its way out)."""
+    note = _note(dir_fd, name)
+    return (note is not None and note[0] == "running"
+            and not procfs.is_alive(note[1], note[2], uid=store.owner_uid, init=True))
 
 
 def _being_started(store: RecordStore, dir_fd: int, name: str) -> bool:

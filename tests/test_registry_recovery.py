@@ -134,3 +134,14 @@ def test_a_record_without_its_instance_is_still_pruned(make_image, start, regist
     instance.wait(5)
     assert InstanceRegistry(registry.root).list() == []
     assert _files(registry) == [".lock"]
+
+
+def test_an_instance_killed_right_after_start_frees_its_name(make_image, start, registry):
+    """The lock may still be in flight to PID 1 when it is killed: the kernel drops it late."""
+    image = make_image(startscript=SLEEPER)
+    for _ in range(30):
+        instance = start(image, "short")
+        instance.kill()
+        instance.wait(5)
+        assert _files(registry) == [".lock"]
+    start(image, "short").stop()
