@@ -48,7 +48,6 @@ import logging
 import os
 import secrets
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,28 +74,6 @@ log = logging.getLogger("instancelib")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RECORD = 1 << 20
 _READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
-_RELEASE_WAIT = 1.0    # seconds the kernel may take to drop an ended PID 1's lock
-
-
-def _flock_when_released(fd: int) -> None:
-    """Take the lock on ``fd`` once the kernel drops the copy an ended PID 1 held.
-
-    A PID 1 killed before it received its lock (still in flight in its socket)
-    lets go of it a moment after it is gone: the kernel releases descriptors
-    in flight after the socket that held them.
-
-    Raises:
-        BlockingIOError: still held after ``_RELEASE_WAIT`` seconds.
-    """
-    deadline = time.monotonic() + _RELEASE_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
 
 
 class RecordStore:
@@ -408,7 +385,7 @@ class RecordStore:
             except BlockingIOError:
                 if not recovery.holder_gone(self, dir_fd, name):
                     raise
-                _flock_when_released(lock)  # its PID 1 has ended: the kernel lets go soon
+                recovery.flock_when_released(lock)  # its PID 1 ended: the kernel lets go soon
         except BlockingIOError:
             holder = lock_note(lock)
             os.close(lock)
@@ -521,7 +498,7 @@ class RecordStore:
                     return None  # it became readable meanwhile
                 lock = self.try_lock(dir_fd, name)
                 if lock is None and recovery.holder_gone(self, dir_fd, name):
-                    lock = self.lock_when_released(dir_fd, name)
+                    lock = recovery.lock_when_released(self, dir_fd, name)
                 if lock is None:
                     return recovery.recover(self, dir_fd, name)
                 try:
@@ -532,23 +509,6 @@ class RecordStore:
                     if lock >= 0:
                         os.close(lock)
         return None
-
-    def lock_when_released(self, dir_fd: int, name: str) -> int | None:
-        """The lock of a name whose PID 1 has ended, once the kernel lets go of it."""
-        lock = self.try_lock(dir_fd, name)
-        if lock is None or lock < 0:
-            try:
-                fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                             | os.O_NONBLOCK, dir_fd=dir_fd)
-            except OSError:
-                return -1
-            try:
-                _flock_when_released(fd)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            return fd
-        return lock
 
     def try_lock(self, dir_fd: int, name: str) -> int | None:
         """Our descriptor of the name's lock, locked (-1: there is none); None if it is held."""

@@ -13,6 +13,7 @@ is written back.  Callers hold the registry lock, except ``recover_all``, which 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,11 +26,13 @@ from instancelib.records import COPY_NAME, MAX_COPY, InstanceRecord, lock_note
 if TYPE_CHECKING:
     from instancelib.recordstore import RecordStore
 
-__all__ = ["holder_gone", "lost_locks", "recover", "recover_all"]
+__all__ = ["flock_when_released", "holder_gone", "lock_when_released", "lost_locks", "recover",
+           "recover_all"]
 
 log = logging.getLogger("instancelib")
 
 _IN_FLIGHT = 1.0  # seconds a just-started PID 1 may take to receive its lock
+_RELEASE_WAIT = 1.0  # seconds the kernel may take to drop an ended PID 1's lock
 
 
 def _files_holding(pid: int, lock: tuple[int, int], *,
@@ -188,7 +191,7 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
                 continue
             lock = store.try_lock(dir_fd, name)
             if lock is None and holder_gone(store, dir_fd, name):
-                lock = store.lock_when_released(dir_fd, name)
+                lock = lock_when_released(store, dir_fd, name)
             if lock is None:
                 if _being_started(store, dir_fd, name):
                     continue
@@ -203,6 +206,45 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
                 finally:
                     os.close(lock)
     return recovered
+
+
+def flock_when_released(fd: int) -> None:
+    """Take the lock on ``fd`` once the kernel drops the copy an ended PID 1 held.
+
+    A PID 1 killed before it received its lock (still in flight in its socket)
+    lets go of it a moment after it is gone: the kernel releases descriptors
+    in flight after the socket that held them.
+
+    Raises:
+        BlockingIOError: still held after ``_RELEASE_WAIT`` seconds.
+    """
+    deadline = time.monotonic() + _RELEASE_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def lock_when_released(store: RecordStore, dir_fd: int, name: str) -> int | None:
+    """The lock of a name whose PID 1 has ended, once the kernel lets go of it."""
+    lock = store.try_lock(dir_fd, name)
+    if lock is None or lock < 0:
+        try:
+            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError:
+            return -1
+        try:
+            flock_when_released(fd)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+    return lock
 
 
 def holder_gone(store: RecordStore, dir_fd: int, name: str) -> bool:
