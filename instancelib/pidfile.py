@@ -25,11 +25,10 @@ import secrets
 import stat
 
 from instancelib.errors import StartError
+from instancelib.linux import pathwalk
 
 __all__ = ["PidFile"]
 
-_MAX_LINKS = 40
-_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class PidFile:
@@ -49,52 +48,29 @@ class PidFile:
 
     def _resolve_directory(self, directory: str) -> int:
         trusted = {0, os.geteuid()}
-        pending = [p for p in directory.split("/") if p]
-        current = os.open("/", _PATH | os.O_DIRECTORY)
-        links = 0
-        try:
-            while pending:
-                part = pending.pop(0)
-                if part == ".":
-                    continue
-                try:
-                    fd = os.open(part, _PATH, dir_fd=current)
-                except OSError as err:
-                    raise self._error(f"{part}: {err.strerror}", err.errno) from err
-                info = os.fstat(fd)
-                if stat.S_ISLNK(info.st_mode):
-                    try:
-                        if info.st_uid not in trusted:
-                            raise self._error(f"the link {part} on the way belongs to UID "
-                                              f"{info.st_uid}")
-                        links += 1
-                        if links > _MAX_LINKS:
-                            raise self._error("too many links", errno.ELOOP)
-                        target = os.readlink(part, dir_fd=current)
-                    finally:
-                        os.close(fd)
-                    if target.startswith("/"):
-                        os.close(current)
-                        current = os.open("/", _PATH | os.O_DIRECTORY)
-                    pending[:0] = [p for p in target.split("/") if p]
-                    continue
-                if not stat.S_ISDIR(info.st_mode):
-                    os.close(fd)
-                    raise self._error(f"{part} is not a directory", errno.ENOTDIR)
-                unsafe = self._unsafe_directory(info, trusted)
-                if unsafe:
-                    os.close(fd)
-                    raise self._error(f"the directory {part} {unsafe}")
-                os.close(current)
-                current = fd
-            root_info = os.fstat(current)
-            unsafe = self._unsafe_directory(root_info, trusted)
+
+        def check(part: str, info: os.stat_result) -> None:
+            if stat.S_ISLNK(info.st_mode):
+                if info.st_uid not in trusted:
+                    raise self._error(f"the link {part} on the way belongs to UID "
+                                      f"{info.st_uid}")
+                return
+            unsafe = self._unsafe_directory(info, trusted)
             if unsafe:
-                raise self._error(f"its directory {unsafe}")
-        except BaseException:
-            os.close(current)
-            raise
-        return current
+                raise self._error(f"the directory {part} {unsafe}")
+
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            check("/", os.fstat(root))
+            fd = pathwalk.open_directory(root, directory, flags=os.O_PATH, check=check)
+        except OSError as err:
+            raise self._error(f"{err.filename}: {err.strerror}" if err.filename else
+                              err.strerror or str(err), err.errno) from err
+        finally:
+            os.close(root)
+        if fd is None:
+            raise self._error("its directory does not exist", errno.ENOENT)
+        return fd
 
     @staticmethod
     def _unsafe_directory(info: os.stat_result, trusted: set[int]) -> str | None:

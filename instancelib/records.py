@@ -29,6 +29,9 @@ COPY_NAME = "instancelib-record"   # the memfd PID 1 keeps (shows as /memfd:NAME
 _NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
 MAX_COPY = 8 << 20  # a record plus an environment of up to ARG_MAX
 NOTE_SIZE = 64      # a lock's note, padded (rewritten in place); the environment follows it
+# A PID 1 killed before it received its lock (still in flight in its socket) lets go of
+# it a moment after it is gone: the kernel drops descriptors in flight after their socket.
+RELEASE_WAIT = 1.0
 _SEALS = getattr(fcntl, "F_SEAL_SEAL", 1) | getattr(fcntl, "F_SEAL_SHRINK", 2) | \
     getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_WRITE", 8)
 

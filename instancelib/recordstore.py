@@ -48,6 +48,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from instancelib.linux import procfs
 from instancelib.records import (
     MAX_COPY,
     NOTE_SIZE,
+    RELEASE_WAIT,
     InstanceRecord,
     NameLock,
     dead_writer,
@@ -74,6 +76,19 @@ log = logging.getLogger("instancelib")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_RECORD = 1 << 20
 _READ_CHUNK = 1 << 16  # below malloc's mmap threshold: records are read a thousand at a time
+
+
+def _flock(fd: int, wait: float) -> bool:
+    """Lock ``fd`` exclusively, trying for ``wait`` seconds; False if it stays held."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
 
 
 class RecordStore:
@@ -380,12 +395,10 @@ class RecordStore:
         lock = self.open_file(dir_fd, f"{name}.lock", os.O_RDWR | os.O_CREAT,
                               what="the instance's name lock")
         try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not recovery.holder_gone(self, dir_fd, name):
-                    raise
-                recovery.flock_when_released(lock)  # its PID 1 ended: the kernel lets go soon
+            # A lock whose PID 1 has ended is released by the kernel a moment later.
+            if not _flock(lock, 0.0) and not (recovery.holder_gone(self, dir_fd, name)
+                                              and _flock(lock, RELEASE_WAIT)):
+                raise BlockingIOError
         except BlockingIOError:
             holder = lock_note(lock)
             os.close(lock)
@@ -498,7 +511,7 @@ class RecordStore:
                     return None  # it became readable meanwhile
                 lock = self.try_lock(dir_fd, name)
                 if lock is None and recovery.holder_gone(self, dir_fd, name):
-                    lock = recovery.lock_when_released(self, dir_fd, name)
+                    lock = self.try_lock(dir_fd, name, wait=RELEASE_WAIT)
                 if lock is None:
                     return recovery.recover(self, dir_fd, name)
                 try:
@@ -510,22 +523,30 @@ class RecordStore:
                         os.close(lock)
         return None
 
-    def try_lock(self, dir_fd: int, name: str) -> int | None:
-        """Our descriptor of the name's lock, locked (-1: there is none); None if it is held."""
+    def open_lock(self, dir_fd: int, name: str) -> int | None:
+        """The name's lock file, opened to read or to lock (None: there is none)."""
         try:
-            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, dir_fd=dir_fd)
+            return os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+                           | os.O_NONBLOCK, dir_fd=dir_fd)
         except OSError:
-            return -1
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
             return None
+
+    def try_lock(self, dir_fd: int, name: str, *, wait: float = 0.0) -> int | None:
+        """Our descriptor of the name's lock, locked (-1: there is none); None if it is held.
+
+        ``wait``: seconds to keep trying (for a lock an ended PID 1 is letting go of).
+        """
+        fd = self.open_lock(dir_fd, name)
+        if fd is None:
+            return -1
+        try:
+            if _flock(fd, wait):
+                return fd
         except OSError:
             os.close(fd)
             return -1
-        return fd
+        os.close(fd)
+        return None
 
     def held(self, dir_fd: int, name: str) -> bool:
         """Whether the name's lock is held (by a live instance or a start in progress)."""

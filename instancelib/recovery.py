@@ -13,7 +13,6 @@ is written back.  Callers hold the registry lock, except ``recover_all``, which 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -21,18 +20,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from instancelib.linux import procfs
-from instancelib.records import COPY_NAME, MAX_COPY, InstanceRecord, lock_note
+from instancelib.records import COPY_NAME, MAX_COPY, RELEASE_WAIT, InstanceRecord, lock_note
 
 if TYPE_CHECKING:
     from instancelib.recordstore import RecordStore
 
-__all__ = ["flock_when_released", "holder_gone", "lock_when_released", "lost_locks", "recover",
-           "recover_all"]
+__all__ = ["holder_gone", "lost_locks", "recover", "recover_all"]
 
 log = logging.getLogger("instancelib")
 
 _IN_FLIGHT = 1.0  # seconds a just-started PID 1 may take to receive its lock
-_RELEASE_WAIT = 1.0  # seconds the kernel may take to drop an ended PID 1's lock
 
 
 def _files_holding(pid: int, lock: tuple[int, int], *,
@@ -61,7 +58,7 @@ def recover(store: RecordStore, dir_fd: int, name: str) -> InstanceRecord | None
     lock = (info.st_dev, info.st_ino)
     # The lock names its PID 1 once the start has published it: look there first.
     candidates = []
-    note = _note(dir_fd, name)
+    note = _note(store, dir_fd, name)
     if note is not None and note[0] == "running":
         noted = procfs.read_stat(note[1], owner=True)
         if noted is not None and noted.starttime == note[2]:
@@ -191,7 +188,7 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
                 continue
             lock = store.try_lock(dir_fd, name)
             if lock is None and holder_gone(store, dir_fd, name):
-                lock = lock_when_released(store, dir_fd, name)
+                lock = store.try_lock(dir_fd, name, wait=RELEASE_WAIT)
             if lock is None:
                 if _being_started(store, dir_fd, name):
                     continue
@@ -208,64 +205,23 @@ def lost_locks(store: RecordStore, dir_fd: int, names: set[str]) -> list[Instanc
     return recovered
 
 
-def flock_when_released(fd: int) -> None:
-    """Take the lock on ``fd`` once the kernel drops the copy an ended PID 1 held.
-
-    A PID 1 killed before it received its lock (still in flight in its socket)
-    lets go of it a moment after it is gone: the kernel releases descriptors
-    in flight after the socket that held them.
-
-    Raises:
-        BlockingIOError: still held after ``_RELEASE_WAIT`` seconds.
-    """
-    deadline = time.monotonic() + _RELEASE_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-
-
-def lock_when_released(store: RecordStore, dir_fd: int, name: str) -> int | None:
-    """The lock of a name whose PID 1 has ended, once the kernel lets go of it."""
-    lock = store.try_lock(dir_fd, name)
-    if lock is None or lock < 0:
-        try:
-            fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, dir_fd=dir_fd)
-        except OSError:
-            return -1
-        try:
-            flock_when_released(fd)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        return fd
-    return lock
-
-
 def holder_gone(store: RecordStore, dir_fd: int, name: str) -> bool:
     """Whether the lock's note names a PID 1 that has ended (the lock is on its way out)."""
-    note = _note(dir_fd, name)
+    note = _note(store, dir_fd, name)
     return (note is not None and note[0] == "running"
             and not procfs.is_alive(note[1], note[2], uid=store.owner_uid, init=True))
 
 
 def _being_started(store: RecordStore, dir_fd: int, name: str) -> bool:
-    note = _note(dir_fd, name)
+    note = _note(store, dir_fd, name)
     return (note is not None and note[0] == "starting"
             and procfs.is_alive(note[1], note[2], uid=store.owner_uid))
 
 
-def _note(dir_fd: int, name: str) -> tuple[str, int, int] | None:
+def _note(store: RecordStore, dir_fd: int, name: str) -> tuple[str, int, int] | None:
     """The note in the name's lock file (None: no file, or no note)."""
-    try:
-        fd = os.open(f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
+    fd = store.open_lock(dir_fd, name)
+    if fd is None:
         return None
     try:
         return lock_note(fd)

@@ -163,7 +163,7 @@ def test_a_pid_file_through_a_link_of_our_own_is_written(make_image, start, tmp_
 
 def test_a_pid_file_in_a_missing_directory_fails_before_anything_starts(make_image, start,
                                                                         registry, tmp_path):
-    with pytest.raises(StartError, match="missing: No such file"):
+    with pytest.raises(StartError, match="its directory does not exist"):
         start(make_image(), "nodir", pid_file=tmp_path / "missing" / "x.pid")
     assert registry.list() == []
 

@@ -33,6 +33,7 @@ import tarfile
 import zlib
 
 from instancelib.errors import ImageError
+from instancelib.linux import pathwalk
 from instancelib.linux.userns import has_host_root
 
 __all__ = ["Budget", "RootTree", "apply_layer", "remove_tree_at"]
@@ -40,7 +41,6 @@ __all__ = ["Budget", "RootTree", "apply_layer", "remove_tree_at"]
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_LINKS = 40
 _MAX_NAME = 4095     # PATH_MAX - 1: the kernel could not use a longer path anyway
 _MAX_DEPTH = 256     # components of one entry's name
 _BLOCK = 4096
@@ -143,53 +143,12 @@ class RootTree:
         cached = self._dirs.get(key)
         if cached is not None:
             return cached
-        fd = self._resolve(_components(path), create)
+        fd = pathwalk.open_directory(self.fd, path, create=create)
         if fd is not None:
             if len(self._dirs) >= _CACHED_DIRS:
                 self.forget()
             self._dirs[key] = fd
         return fd
-
-    def _resolve(self, pending: list[str], create: bool) -> int | None:
-        # Only the current directory is held: every component walked so far was
-        # a real directory, so ".." of the current one is its real parent.
-        current, depth, links = os.dup(self.fd), 0, 0
-        try:
-            while pending:
-                part = pending.pop(0)
-                if part == "..":
-                    if depth > 0:
-                        parent = os.open("..", _DIR_FLAGS, dir_fd=current)
-                        os.close(current)
-                        current, depth = parent, depth - 1
-                    continue
-                try:
-                    info = os.stat(part, dir_fd=current, follow_symlinks=False)
-                except FileNotFoundError:
-                    if not create:
-                        os.close(current)
-                        return None
-                    os.mkdir(part, 0o755, dir_fd=current)
-                    info = os.stat(part, dir_fd=current, follow_symlinks=False)
-                if stat.S_ISLNK(info.st_mode):
-                    links += 1
-                    if links > _MAX_LINKS:
-                        raise OSError(errno.ELOOP, "too many levels of symbolic links")
-                    target = os.readlink(part, dir_fd=current)
-                    if target.startswith("/"):
-                        os.close(current)
-                        current, depth = os.dup(self.fd), 0
-                    pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
-                    continue
-                if not stat.S_ISDIR(info.st_mode):
-                    raise OSError(errno.ENOTDIR, "not a directory", part)
-                child = os.open(part, _DIR_FLAGS, dir_fd=current)
-                os.close(current)
-                current, depth = child, depth + 1
-        except BaseException:
-            os.close(current)
-            raise
-        return current
 
     def parent(self, path: str, *, create: bool) -> tuple[int | None, str]:
         """(descriptor of the directory holding ``path``, its last component)."""

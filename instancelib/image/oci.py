@@ -242,6 +242,14 @@ def unpack_into(image: Image, root: Path) -> None:
         Unsupported: a layer format this host cannot decompress (zstd without ``zstd``).
     """
     _key, config, layers, source = describe(image)
+    try:
+        _unpack(image, root, config, layers, source)
+    finally:
+        source.close()
+
+
+def _unpack(image: Image, root: Path, config: dict[str, Any], layers: list[Layer],
+            source: _Source) -> None:
     budget = layers_module.Budget(cache.max_bytes(), f"image {image.path}")
     try:
         with layers_module.RootTree(root) as tree:
@@ -253,16 +261,16 @@ def unpack_into(image: Image, root: Path) -> None:
     except OSError as err:
         raise ImageError(f"cannot unpack {image.path}: {err.strerror or err}",
                          path=image.path, errno=err.errno) from err
-    finally:
-        source.close()
 
 
 def unpacked(image: Image) -> tuple[Path, Path]:
     """The image unpacked into a sandbox in the cache: ``(directory, lock)``."""
-    key, _config, _layers, source = describe(image)
-    source.close()
-    return cache.entry(key, lambda target: unpack_into(image, target),
-                       what=f"image {image.path}")
+    key, config, layers, source = describe(image)
+    try:
+        return cache.entry(key, lambda target: _unpack(image, target, config, layers, source),
+                           what=f"image {image.path}")
+    finally:
+        source.close()
 
 
 _DIGEST_NAME = re.compile(r"(?:^|/)(?:blobs/sha256/)?([0-9a-f]{64})(?:\.json)?\Z")

@@ -18,8 +18,9 @@ import contextlib
 import errno
 import os
 import stat
+from collections.abc import Callable
 
-__all__ = ["create_in_root", "open_in_root", "resolve_in_root"]
+__all__ = ["create_in_root", "open_directory", "open_in_root", "resolve_in_root"]
 
 _MAX_LINKS = 40
 _O_PATH = getattr(os, "O_PATH", 0o10000000)
@@ -111,3 +112,75 @@ def create_in_root(root_fd: int, canonical: str, *, directory: bool, mode: int =
             fd = next_fd
     finally:
         os.close(fd)
+
+
+def open_directory(root_fd: int, path: str, *, create: bool = False, flags: int = os.O_RDONLY,
+                   check: Callable[[str, os.stat_result], None] | None = None) -> int | None:
+    """A descriptor of the directory ``path`` resolved inside ``root_fd``, links followed.
+
+    Chroot semantics, from descriptors only: each component is opened with
+    ``O_NOFOLLOW | O_DIRECTORY`` relative to the one before; a link is read
+    and followed (an absolute one restarts at ``root_fd``, ``..`` stops
+    there).  ``check(component, stat)`` sees every directory (from its own
+    descriptor) and every link on the way, and raises to refuse one.
+    Missing directories are made (0755) with ``create``, else the result is None.
+    ``flags``: ``O_RDONLY`` (to list the directory) or ``O_PATH``.
+
+    Raises:
+        OSError: ENOTDIR (a file on the way), ELOOP (too many links), or the
+            open's own error.
+    """
+    open_flags = flags | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    pending = _components(path)
+    # Only the current directory is held: every component walked so far was a
+    # real directory, so ".." of the current one is its real parent.
+    current, depth, links = os.dup(root_fd), 0, 0
+    try:
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if depth > 0:
+                    parent = os.open("..", open_flags, dir_fd=current)
+                    os.close(current)
+                    current, depth = parent, depth - 1
+                continue
+            try:
+                child = os.open(part, open_flags, dir_fd=current)
+            except FileNotFoundError:
+                if not create:
+                    os.close(current)
+                    return None
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=current)
+                pending.insert(0, part)
+                continue
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                info = os.stat(part, dir_fd=current, follow_symlinks=False)
+                if not stat.S_ISLNK(info.st_mode):
+                    raise OSError(errno.ENOTDIR, "not a directory", part) from None
+                if check is not None:
+                    check(part, info)
+                links += 1
+                if links > _MAX_LINKS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links",
+                                  part) from None
+                target = os.readlink(part, dir_fd=current)
+                if target.startswith("/"):
+                    os.close(current)
+                    current, depth = os.dup(root_fd), 0
+                pending[:0] = _components(target)
+                continue
+            if check is not None:
+                try:
+                    check(part, os.fstat(child))
+                except BaseException:
+                    os.close(child)
+                    raise
+            os.close(current)
+            current, depth = child, depth + 1
+    except BaseException:
+        os.close(current)
+        raise
+    return current
