@@ -49,6 +49,7 @@ _FORWARD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUI
                     signal.SIGWINCH)
 _HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, *_FORWARD_SIGNALS)
 _KEPT: list[int] = []
+_LINGER_POLL_MS = 5
 
 
 def run_spare(control: socket.socket) -> None:
@@ -327,8 +328,9 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
         poller.register(channel.fileno(), select.POLLIN)
     stopping = False
     stop_with_service = False  # the service was running when the stop signal came
+    linger: int | None = None  # poll timeout (ms) while exec'd commands finish after a stop
     while True:
-        for fd, _events in poller.poll():
+        for fd, _events in poller.poll(linger):
             if fd == wakeup:
                 for signum in os.read(wakeup, 256):
                     if signum == signal.SIGCHLD:
@@ -357,8 +359,33 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
                     wire.send_message(channel, {"event": "service_exit",
                                                 "status": exited[service]})
             service = None
-        if stopping and (not children_left or (stop_with_service and service is None)):
-            os._exit(0)
+        if stopping and stop_with_service and service is None:
+            os._exit(0)  # the kernel ends whatever else is left (jobs ignoring SIGINT)
+        if stopping and not children_left:
+            # No service: exit once no process is left, commands run by exec included
+            # (they are not our children: their exit does not wake us, hence the poll).
+            if not _others_alive(helpers):
+                os._exit(0)
+            linger = _LINGER_POLL_MS
+
+
+def _others_alive(helpers: set[int]) -> bool:
+    """Whether a process other than us (and the helpers) still runs in our PID namespace.
+
+    Only our own /proc can tell (where it is the host's, bound for an ordinary
+    user, we cannot: then nothing is waited for).
+    """
+    try:
+        if os.readlink("/proc/self") != "1":
+            return False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != "1" and int(entry) not in helpers:
+                stat = procfs.read_stat(int(entry))
+                if stat is not None and stat.running:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def _reap() -> tuple[bool, dict[int, int]]:
