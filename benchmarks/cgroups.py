@@ -40,8 +40,8 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from instancelib import Image, Instance, InstanceRegistry, Limits
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.cgroups import tree
-from instancelib.image.busybox import make_busybox_rootfs
 
 IDLE_SCRIPT = "#!/bin/sh\nexec sleep 1000000\n"
 

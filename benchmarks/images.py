@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from instancelib import Definition, Image, Instance, InstanceRegistry
+from instancelib import Definition, Image, Instance, InstanceRegistry, build_image
+from instancelib.build import remove_build_tree
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.image import sif
-from instancelib.image.build import remove_build_tree
-from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux.userns import has_host_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def main() -> int:
     try:
         registry = InstanceRegistry(workdir / "registry")
         rootfs = make_busybox_rootfs(workdir / "rootfs")
-        sif_path = Image.build(rootfs, workdir / "idle.sif").path
+        sif_path = build_image(rootfs, workdir / "idle.sif").path
         oci_archive(rootfs, workdir / "idle-oci.tar")
         images = {"sandbox": Image(rootfs), "sif": Image(sif_path),
                   "oci-archive": Image(workdir / "idle-oci.tar")}
@@ -131,7 +131,7 @@ def main() -> int:
             for kind, times in builds.items():
                 target = workdir / f"demo-{kind}-{k}"
                 began = time.perf_counter()
-                Image.build(definition, target, sandbox=kind == "sandbox")
+                build_image(definition, target, sandbox=kind == "sandbox")
                 times.append(time.perf_counter() - began)
                 remove_build_tree(target)
     finally:

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from instancelib import Image, Instance, InstanceRegistry
-from instancelib.image.busybox import make_busybox_rootfs
-from instancelib.instance import stop_instances
+from instancelib.build.busybox import make_busybox_rootfs
+from instancelib.stopping import stop_instances
 
 PEERS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "peers"
 # The peers' workload: a shell that exits on SIGTERM/SIGINT, with a sleep child.

@@ -25,11 +25,11 @@ from pathlib import Path
 import psutil
 
 from instancelib import Image, Instance, InstanceRegistry
-from instancelib.image.busybox import make_busybox_rootfs
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.helpers import instance_processes, loop_devices, our_cgroups  # noqa: E402
+from tests.helpers import instance_processes, loop_devices, our_cgroups
 
 SERVICE = "#!/bin/sh\necho up\nexec sleep 1000\n"
 

@@ -26,7 +26,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-from instancelib import BuildProgress, Definition, Image, Instance, InstanceRegistry, Limits
+from instancelib import (
+    BuildProgress,
+    Definition,
+    Instance,
+    InstanceRegistry,
+    Limits,
+    build_image,
+)
 
 DEFINITION = """\
 Bootstrap: busybox
@@ -89,7 +96,7 @@ def main() -> int:
             if event.output is None and event.step != "done":
                 print(f"  {event.step}")
 
-        image = Image.build(Definition.parse(DEFINITION), workdir / "web.sif",
+        image = build_image(Definition.parse(DEFINITION), workdir / "web.sif",
                             progress=progress)
         print(f"{image} built in {(time.perf_counter() - began) * 1000:.0f} ms")
         cli("inspect", "--labels", image.path, home=registry.root)

@@ -16,6 +16,7 @@ from instancelib.cgroups import CgroupInfo as CgroupInfo
 from instancelib.cgroups import Device as Device
 from instancelib.cgroups import Limits as Limits
 from instancelib.cgroups import Stats as Stats
+from instancelib.errors import BuildError as BuildError
 from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
 from instancelib.errors import ImageError as ImageError
@@ -38,29 +39,31 @@ from instancelib.process import InstanceProcess as InstanceProcess
 from instancelib.readiness import CommandProbe as CommandProbe
 from instancelib.readiness import FileProbe as FileProbe
 from instancelib.readiness import TcpProbe as TcpProbe
-from instancelib.records import InstanceRecord as InstanceRecord
+from instancelib.records.record import InstanceRecord as InstanceRecord
 from instancelib.registry import InstanceRegistry as InstanceRegistry
+from instancelib.version import __version__ as __version__
 
 if TYPE_CHECKING:
-    from instancelib.image.build import BuildProgress as BuildProgress
+    from instancelib.build import BuildProgress as BuildProgress
+    from instancelib.build import build_image as build_image
     from instancelib.image.deffile import Definition as Definition
     from instancelib.image.inspect import AppMetadata as AppMetadata
     from instancelib.image.inspect import ImageMetadata as ImageMetadata
-
-__version__ = "0.1.0"
 
 # Building and inspecting images are imported on first use: starting, listing
 # and stopping instances (and the CLI's commands for them) do not pay for them.
 _LAZY = {
     "AppMetadata": "instancelib.image.inspect",
-    "BuildProgress": "instancelib.image.build",
+    "BuildProgress": "instancelib.build",
     "Definition": "instancelib.image.deffile",
     "ImageMetadata": "instancelib.image.inspect",
+    "build_image": "instancelib.build",
 }
 
 __all__ = [
     "AppMetadata",
     "Bind",
+    "BuildError",
     "BuildProgress",
     "CgroupInfo",
     "CommandProbe",
@@ -93,6 +96,7 @@ __all__ = [
     "Timeout",
     "Unsupported",
     "__version__",
+    "build_image",
 ]
 
 for _name in __all__:

@@ -1,4 +1,5 @@
-"""The environment an instance starts with, before its image's env scripts run.
+"""What a command in an instance gets: its environment (before the image's env
+scripts run) and its checked arguments.
 
 Follows Singularity/Apptainer: the host environment passes in, except
 ``PATH`` (reset to the container default), ``LD_LIBRARY_PATH`` (reset to
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from instancelib.errors import InvalidArgument
 
-__all__ = ["DEFAULT_PATH", "base_environment", "check_env", "check_exec_size",
-           "prefixed_overrides", "runtime_variables"]
+__all__ = ["DEFAULT_PATH", "base_environment", "check_args", "check_argv", "check_env",
+           "check_exec_size", "prefixed_overrides", "runtime_variables"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LIBRARY_PATH = "/.singularity.d/libs"
@@ -49,6 +50,29 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
                                   f"bytes (got {value!r})")
         checked[name] = value
     return checked
+
+
+def check_args(args: Sequence[str], what: str = "args") -> tuple[str, ...]:
+    """Arguments as a tuple: strings without NUL bytes (a lone string is refused)."""
+    if isinstance(args, str):
+        raise InvalidArgument(f"{what} must be a list of strings, not a string (got {args!r})")
+    checked = tuple(args)
+    for arg in checked:
+        if not isinstance(arg, str) or "\0" in arg:
+            raise InvalidArgument(f"each argument must be a string without NUL bytes "
+                                  f"(got {arg!r})")
+    return checked
+
+
+def check_argv(argv: Sequence[str]) -> list[str]:
+    """A command line to run: a non-empty list of arguments (see ``check_args``)."""
+    if isinstance(argv, str):
+        raise InvalidArgument(f"argv must be a list of strings, not a string (got {argv!r}); "
+                              f"to run a shell command use ['sh', '-c', {argv!r}]")
+    command = list(check_args(argv, "argv"))
+    if not command:
+        raise InvalidArgument("argv must not be empty")
+    return command
 
 
 def check_exec_size(argv: list[str], env: Mapping[str, str], what: str = "the command") -> None:

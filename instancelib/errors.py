@@ -9,6 +9,7 @@ message from them::
     ├── InvalidArgument (also ValueError)    a bad option value
     │   └── InvalidName                      a name that breaks the naming rule
     ├── ImageError                           missing, unreadable or unsupported image
+    ├── BuildError                           a build step (%setup, %post, %test...) failed
     ├── DefinitionError (also ValueError)    a malformed definition file (with its line)
     ├── NotFound (also LookupError)          no such (running) instance
     ├── NameConflict                         the name is taken by a running instance
@@ -26,6 +27,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "BuildError",
     "DefinitionError",
     "ExecError",
     "ImageError",
@@ -112,6 +114,10 @@ class ImageError(InstanceError):
     """The image is missing, unreadable, or not a container image."""
 
 
+class BuildError(InstanceError):
+    """A build step failed: ``step`` names it (``%post``), ``detail`` holds its last output."""
+
+
 class DefinitionError(InstanceError, ValueError):
     """A definition file is malformed; ``line`` is where (1-based), when known."""
 
@@ -165,6 +171,7 @@ for _cls in (
     InvalidArgument,
     InvalidName,
     ImageError,
+    BuildError,
     DefinitionError,
     NotFound,
     NameConflict,

@@ -1,4 +1,4 @@
-"""Turn ``Instance.start`` options into the plan the instance's PID 1 carries out.
+"""Turn ``StartOptions`` into the plan the instance's PID 1 carries out.
 
 All decisions are made here, in the caller, where errors can be raised as
 typed exceptions before anything is started: which paths are bound where,
@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from instancelib import environment
-from instancelib.binds import Bind
-from instancelib.errors import InvalidArgument, PermissionDenied, StartError
+from instancelib.errors import PermissionDenied, StartError
 from instancelib.image import Image, cache
-from instancelib.linux.userns import has_host_root
+from instancelib.linux.userns import has_host_root, user_namespace_plan
+from instancelib.options import StartOptions
 
 __all__ = [
     "SESSION_SIZE",
@@ -31,7 +30,6 @@ __all__ = [
     "MountOp",
     "build_launch_plan",
     "session_dir",
-    "user_namespace_plan",
 ]
 
 # Size of the per-instance staging tmpfs: it holds the writable-tmpfs upper
@@ -104,52 +102,6 @@ class LaunchPlan:
         }
 
 
-def _subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
-    """The first ``user:start:count`` (or ``uid:start:count``) range of /etc/subuid-style files."""
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] in (user, str(uid)):
-            try:
-                start, count = int(fields[1]), int(fields[2])
-            except ValueError:
-                continue
-            if count > 0:
-                return start, count
-    return None
-
-
-def user_namespace_plan(*, fakeroot: bool) -> tuple[dict[str, Any] | None, str | None]:
-    """The user namespace an instance of this caller gets, and a note for its log.
-
-    Host root gets none (``fakeroot`` changes nothing for root).  An ordinary
-    user keeps their own UID/GID inside; with ``fakeroot`` they are root
-    inside, and their subordinate ranges are mapped after root when
-    /etc/subuid and /etc/subgid have one and newuidmap/newgidmap exist.
-    """
-    if has_host_root():
-        return None, None
-    uid, gid = os.geteuid(), os.getegid()
-    if not fakeroot:
-        return {"uid_map": [[uid, uid, 1]], "gid_map": [[gid, gid, 1]], "helpers": False}, None
-    user = pwd.getpwuid(uid).pw_name
-    sub_uids = _subordinate_range("/etc/subuid", user, uid)
-    sub_gids = _subordinate_range("/etc/subgid", user, uid)
-    helpers = shutil.which("newuidmap") is not None and shutil.which("newgidmap") is not None
-    if sub_uids and sub_gids and helpers:
-        return {"uid_map": [[0, uid, 1], [1, *sub_uids]],
-                "gid_map": [[0, gid, 1], [1, *sub_gids]], "helpers": True}, None
-    missing = ("newuidmap/newgidmap (Debian package uidmap)" if not helpers else
-               f"a range for {user} in /etc/subuid and /etc/subgid")
-    note = (f"fakeroot without {missing}: only root is mapped inside, so changing a "
-            "file's owner to any other user or group fails")
-    return {"uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]], "helpers": False}, note
-
-
 def session_dir() -> str:
     """The empty directory PID 1 mounts its staging tmpfs on (inside its own namespace).
 
@@ -204,28 +156,6 @@ def ensure_session_dir(path: str) -> None:
                                    "not to you", path=directory)
 
 
-def _check_hostname(hostname: str | None) -> str | None:
-    if hostname is None:
-        return None
-    if not isinstance(hostname, str) or not 0 < len(hostname) <= 64 or any(
-        not (c.isalnum() or c in "-.") for c in hostname
-    ):
-        raise InvalidArgument(f"hostname must be 1-64 letters, digits, '-' or '.' "
-                              f"(got {hostname!r})")
-    return hostname
-
-
-def _check_args(args: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(args, str):
-        raise InvalidArgument(f"args must be a list of strings, not a string (got {args!r})")
-    checked = tuple(args)
-    for arg in checked:
-        if not isinstance(arg, str) or "\0" in arg:
-            raise InvalidArgument(f"each argument must be a string without NUL bytes "
-                                  f"(got {arg!r})")
-    return checked
-
-
 def _default_mounts(*, contain: bool, home: str) -> list[MountOp]:
     mounts = [MountOp(op="proc", target="/proc"), MountOp(op="sysfs", target="/sys")]
     if contain:
@@ -245,61 +175,51 @@ def _default_mounts(*, contain: bool, home: str) -> list[MountOp]:
 def build_launch_plan(
     image: Image,
     name: str,
+    options: StartOptions,
     *,
-    args: Sequence[str],
-    run: bool,
-    writable_tmpfs: bool,
-    binds: Sequence[Bind],
-    env: Mapping[str, str] | None,
-    cleanenv: bool,
-    contain: bool,
-    hostname: str | None,
-    timeout: float,
-    fakeroot: bool = False,
     host_env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
-    """Validate the start options and resolve them into a ``LaunchPlan``.
+    """Resolve checked start options into a ``LaunchPlan`` for this caller and host.
 
     Raises:
-        InvalidArgument: a malformed option.
+        InvalidArgument: the arguments and environment exceed what ``execve`` takes.
         StartError: a user bind whose source does not exist.
     """
     host = dict(os.environ if host_env is None else host_env)
     entry = pwd.getpwuid(os.getuid())
     home = host.get("HOME") or entry.pw_dir
     overrides = environment.prefixed_overrides(host)
-    overrides.update(environment.check_env(env))
-    mounts = _default_mounts(contain=contain, home=home)
-    for bind in binds:
+    overrides.update(options.env)
+    mounts = _default_mounts(contain=options.contain, home=home)
+    for bind in options.binds:
         if not os.path.exists(bind.source):
             raise StartError(f"bind source {bind.source} does not exist", path=bind.source,
                              step=f"bind {bind}")
         mounts.append(MountOp(op="bind", source=bind.source, target=bind.destination,
                               readonly=bind.read_only))
     try:
-        cwd = os.getcwd() if not contain else home
+        cwd = os.getcwd() if not options.contain else home
     except FileNotFoundError:  # the caller's directory was removed
         cwd = home
-    user_namespace, note = user_namespace_plan(fakeroot=fakeroot)
-    checked_args = _check_args(args)
-    base = environment.base_environment(host, cleanenv=cleanenv, home=home)
-    environment.check_exec_size(list(checked_args), {**base, **overrides},
+    user_namespace, note = user_namespace_plan(fakeroot=options.fakeroot)
+    base = environment.base_environment(host, cleanenv=options.cleanenv, home=home)
+    environment.check_exec_size(list(options.args), {**base, **overrides},
                                 "the start script")
     return LaunchPlan(
         name=name,
         user=entry.pw_name,
-        hostname=_check_hostname(hostname),
+        hostname=options.hostname,
         session_dir=session_dir(),
         rootfs=image.rootfs_plan(),
-        writable_tmpfs=bool(writable_tmpfs),
+        writable_tmpfs=options.writable_tmpfs,
         mounts=tuple(mounts),
         env_base=base,
         env_overrides=overrides,
         env_runtime=environment.runtime_variables(name, image.path),
         cwd=tuple(dict.fromkeys((cwd, home, "/"))),
-        command_kind="run" if run else "start",
-        args=checked_args,
-        timeout=float(timeout),
+        command_kind="run" if options.run else "start",
+        args=options.args,
+        timeout=options.timeout,
         userns=user_namespace,
         note=note,
     )

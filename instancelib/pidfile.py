@@ -92,9 +92,11 @@ class PidFile:
             finally:
                 os.close(fd)
             os.rename(temporary, self.base, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
-        except OSError as err:
+        except BaseException as err:  # an interrupted write leaves no debris either
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=self.dir_fd)
+            if not isinstance(err, OSError):
+                raise
             raise self._error(err.strerror or str(err), err.errno) from err
 
     def close(self) -> None:

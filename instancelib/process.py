@@ -17,6 +17,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn
@@ -24,10 +25,19 @@ from typing import IO, Any, NoReturn
 import attrs
 
 from instancelib.durations import optional_seconds
-from instancelib.errors import ExecError, NotFound, PermissionDenied, Timeout
-from instancelib.linux import syscalls, wire
+from instancelib.errors import (
+    ExecError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StartError,
+    Timeout,
+    Unsupported,
+)
+from instancelib.linux import client, syscalls, wire
 
-__all__ = ["ExecResult", "InstanceProcess"]
+__all__ = ["ExecResult", "InstanceProcess", "Stdio", "check_signal", "first_status",
+           "raise_exec_failure", "spawn"]
 
 
 @attrs.frozen
@@ -236,3 +246,132 @@ def raise_exec_failure(line: str, argv: Sequence[str], name: str) -> NoReturn:
     if code in (1, 13) and "join" in message:  # EPERM/EACCES entering its namespaces
         raise PermissionDenied(message, name=name, errno=code)
     raise ExecError(message or f"cannot run {argv[0]!r}", name=name, errno=code)
+
+
+def check_signal(sig: int) -> int:
+    """``sig`` as a signal number this kernel knows (0, the "probe" signal, is refused)."""
+    valid = {int(s) for s in signal.valid_signals()}
+    if not isinstance(sig, int) or int(sig) not in valid or int(sig) == 0:
+        raise InvalidArgument(f"not a signal number: {sig!r}")
+    return int(sig)
+
+
+# -- stdio plumbing for a command started inside ------------------------------------------------
+
+
+class Stdio:
+    """Turn subprocess-style stdio arguments into fds for the child and streams for us."""
+
+    def __init__(self, stdin: Any, stdout: Any, stderr: Any, text: bool) -> None:
+        self.text = text
+        self.child_fds: list[int] = []
+        self._parent: list[IO[Any] | None] = [None, None, None]
+        self._to_close: list[int] = []
+        self._keep = False
+        try:
+            for index, spec in enumerate((stdin, stdout, stderr)):
+                self.child_fds.append(self._child_fd(index, spec))
+        except BaseException:  # a bad argument after a pipe was made: nothing leaks
+            self.__exit__()
+            raise
+
+    def _child_fd(self, index: int, spec: Any) -> int:
+        if spec is None:
+            try:
+                os.fstat(index)
+                return index
+            except OSError:  # this process has no such descriptor: the command gets /dev/null
+                spec = subprocess.DEVNULL
+        if spec == subprocess.PIPE:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            child, parent = (read_end, write_end) if index == 0 else (write_end, read_end)
+            self._to_close.append(child)
+            stream: IO[Any]
+            if self.text:
+                stream = open(parent, "w" if index == 0 else "r", encoding="utf-8",  # noqa: SIM115
+                              errors="replace")
+            else:
+                stream = open(parent, "wb" if index == 0 else "rb", buffering=0)  # noqa: SIM115
+            self._parent[index] = stream
+            return child
+        if spec == subprocess.DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            self._to_close.append(fd)
+            return fd
+        if spec == subprocess.STDOUT:
+            if index != 2:
+                raise InvalidArgument("subprocess.STDOUT is only valid for stderr")
+            return self.child_fds[1]
+        if isinstance(spec, int) and spec >= 0:
+            return spec
+        if hasattr(spec, "fileno"):
+            return int(spec.fileno())
+        raise InvalidArgument(f"unsupported stdio argument {spec!r}")
+
+    def parent_streams(self) -> tuple[IO[Any] | None, IO[Any] | None, IO[Any] | None]:
+        return self._parent[0], self._parent[1], self._parent[2]
+
+    def keep_parent_streams(self) -> None:
+        self._keep = True
+
+    def __enter__(self) -> Stdio:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for fd in self._to_close:
+            os.close(fd)
+        if not self._keep:  # popen failed: nobody will read these
+            for stream in self._parent:
+                if stream is not None:
+                    stream.close()
+
+
+def first_status(status: socket.socket, timeout: float = 60.0) -> tuple[str, int]:
+    """The joiner's first report: ``started PID`` with a pidfd, or ``error ...``."""
+    status.settimeout(timeout)
+    try:
+        data, fds = wire.recv_fds(status, 4096, 1)
+    except TimeoutError:
+        raise ExecError("no answer from the fork-server's joiner") from None
+    if not data:
+        return "error 0 the joiner exited without reporting", -1
+    if not fds:
+        return data.decode(), -1
+    return data.decode(), fds[0]
+
+
+def spawn(request: dict[str, Any], stdio: Stdio, name: str) -> InstanceProcess:
+    """Have the fork-server's joiner start ``request["argv"]`` in an instance (see ``popen``).
+
+    The joiner enters the instance and reports over a status socket: first
+    ``started PID`` with a pidfd of the command, later its exit.  ``stdio``'s
+    child ends go to the joiner and are closed here; its parent ends become
+    the process's streams.
+    """
+    command = list(request["argv"])
+    with stdio:
+        status, theirs = wire.socketpair()
+        try:
+            try:
+                reply, _ = client.get_forkserver().request(
+                    request, [theirs.fileno(), *stdio.child_fds])
+            except (StartError, Unsupported) as err:  # the fork-server itself failed
+                raise ExecError(f"cannot start the command: {err.message}", name=name,
+                                errno=err.errno) from err
+            if not reply.get("ok"):
+                raise ExecError(f"cannot start the command: {reply.get('error')}", name=name)
+            theirs.close()
+            first, pidfd = first_status(status)
+            if not first.startswith("started "):
+                raise_exec_failure(first, command, name)
+        except BaseException:
+            status.close()
+            raise
+        finally:
+            theirs.close()
+        streams = stdio.parent_streams()
+        process = InstanceProcess(command, pid=int(first.split()[1]), pidfd=pidfd,
+                                  status=status, stdin=streams[0], stdout=streams[1],
+                                  stderr=streams[2], instance_name=name)
+        stdio.keep_parent_streams()
+    return process

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from instancelib import Image, Instance, InstanceRegistry
-from instancelib.image.busybox import make_busybox_rootfs
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
 from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups
 from tests.users import make_shared, remove_shared

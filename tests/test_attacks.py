@@ -91,19 +91,15 @@ def _users_registry(root: Path | None = None) -> InstanceRegistry:
 
 
 def _run_as_a(code: str) -> subprocess.CompletedProcess[str]:
-    entry = pwd.getpwnam(USER_A)
-    return subprocess.run([VENV_PYTHON, "-c", code], user=entry.pw_uid, group=entry.pw_gid,
-                          extra_groups=[], cwd="/", capture_output=True, text=True, timeout=60,
-                          check=False, env={"HOME": entry.pw_dir, "PATH": "/usr/bin:/bin",
-                                            "PYTHONPATH": _SRC[0], "PYTHONDONTWRITEBYTECODE": "1"})
+    return as_user(USER_A, _SHARED[0], code)
 
 
-_SRC: list[str] = [""]
+_SHARED: list[Path] = [Path("/nonexistent")]
 
 
 @pytest.fixture(autouse=True)
 def _package_for_the_users(shared: Path) -> None:
-    _SRC[0] = str(shared / "src")
+    _SHARED[0] = shared
 
 
 # -- 4. root exec into a user's instance -----------------------------------------------------------

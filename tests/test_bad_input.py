@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from instancelib import InstanceRegistry, InvalidArgument, Limits
+from instancelib.cgroups.resources import V2
 from tests.helpers import wait_for
 
 SLEEPER = "#!/bin/sh\nexec sleep 1000\n"
@@ -88,4 +89,5 @@ def test_a_cpu_quota_below_the_kernels_minimum_is_refused(cpus, make_image, regi
         Limits(cpus=cpus)
     result = _cli(registry, "instance", "start", "--cpus", str(cpus), make_image().path, "q")
     assert result.returncode == 255 and "smallest is 1000" in result.stderr
-    assert Limits(cpus=0.01).v2_files(lambda _f: False) == [("cpu.max", "1000 100000")]
+    assert [(s.filename, s.value) for s in V2.settings(Limits(cpus=0.01), lambda c, f: False)] \
+        == [("cpu.max", "1000 100000")]

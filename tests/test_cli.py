@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from instancelib import InstanceRegistry
-from instancelib.cli import tabulate
+from instancelib.cli.output import tabulate
 
 
 @pytest.fixture

@@ -214,8 +214,9 @@ except (PermissionDenied, RegistryError) as err:
 
 def test_fakeroot_without_a_range_maps_root_alone_and_says_so(shared):
     result = as_user(USER_A, shared, """
-from instancelib import Instance, Image, launchplan
-launchplan._subordinate_range = lambda *args: None  # as for a user without /etc/subuid lines
+from instancelib import Instance, Image
+from instancelib.linux import userns
+userns._subordinate_range = lambda *args: None  # as for a user without /etc/subuid lines
 instance = Instance.start(Image(IMAGE), "single", fakeroot=True, writable_tmpfs=True)
 print(instance.exec(["cat", "/proc/self/uid_map"]).stdout.split())
 print(instance.exec(["sh", "-c", "touch /f; chown 1000 /f"]).returncode)

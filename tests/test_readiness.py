@@ -17,13 +17,7 @@ from instancelib import (
     Timeout,
 )
 from instancelib.readiness import as_probe
-from tests.helpers import instance_processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import free_port, instance_processes
 
 
 def test_tcp_probe_waits_for_the_port(make_image, start):

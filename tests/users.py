@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from instancelib import InstanceRegistry
-from instancelib.image.busybox import make_busybox_rootfs
+from instancelib.build.busybox import make_busybox_rootfs
 
 USER_A, USER_B = "ilib-a", "ilib-b"
 VENV_PYTHON = "/opt/instancelib-venv/bin/python"
@@ -53,7 +53,7 @@ def as_user(user: str, shared: Path, code: str) -> subprocess.CompletedProcess[s
     prologue = f"IMAGE = {str(shared / 'image')!r}\n"
     return subprocess.run(
         [VENV_PYTHON, "-c", prologue + code], user=entry.pw_uid, group=entry.pw_gid,
-        extra_groups=[], env=_user_env(entry, shared), cwd="/", capture_output=True,
+        extra_groups=[], env=user_env(entry, shared), cwd="/", capture_output=True,
         text=True, timeout=60, check=False,
     )
 
@@ -62,12 +62,13 @@ def cli_as(user: str, shared: Path, *args: str) -> subprocess.CompletedProcess[s
     entry = pwd.getpwnam(user)
     return subprocess.run(
         [VENV_PYTHON, "-m", "instancelib", *args], user=entry.pw_uid, group=entry.pw_gid,
-        extra_groups=[], env=_user_env(entry, shared), cwd="/", capture_output=True,
+        extra_groups=[], env=user_env(entry, shared), cwd="/", capture_output=True,
         text=True, timeout=60, check=False,
     )
 
 
-def _user_env(entry: pwd.struct_passwd, shared: Path) -> dict[str, str]:
+def user_env(entry: pwd.struct_passwd, shared: Path) -> dict[str, str]:
+    """The environment of code run as the user: the shared copy of the package first."""
     return {"HOME": entry.pw_dir, "USER": entry.pw_name, "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(shared / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
 

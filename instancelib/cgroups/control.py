@@ -9,16 +9,23 @@ empty directories of its owner's, never kills).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 from instancelib.cgroups import v1, v2
-from instancelib.cgroups.tree import TREE, V1_NAMES, CgroupInfo, detect, in_our_tree, relative
+from instancelib.cgroups.tree import (
+    NO_CGROUP,
+    TREE,
+    V1_NAMES,
+    CgroupInfo,
+    detect,
+    in_our_tree,
+    relative,
+)
 from instancelib.errors import Unsupported
+from instancelib.linux import cgroupdirs
 
 __all__ = ["freeze", "is_frozen", "kill", "live_info", "populated", "remove", "remove_dead"]
 
@@ -27,20 +34,20 @@ log = logging.getLogger("instancelib")
 _REMOVE_WAIT = 2.0
 
 
-def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupInfo | None:
+def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupInfo:
     """The cgroup of process ``pid`` (an instance's PID 1, of owner ``uid``), from the kernel.
 
     Only what the live process's ``/proc/PID/cgroup`` says counts, never a
     record: a leaf ``i.UID.N.HEX`` of that owner directly under our tree in a
     hierarchy, whose directory belongs to that owner.  ``recorded`` (the
-    record's view) only labels which version serves each controller.  None
-    when the process is in no cgroup of ours.
+    record's view) only labels which version serves each controller.
+    ``NO_CGROUP`` when the process is in no cgroup of ours.
     """
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
     except OSError:
-        return None
+        return NO_CGROUP
     hierarchies = detect()
     v2_dir: str | None = None
     v1_dirs: dict[str, str] = {}
@@ -60,7 +67,7 @@ def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupI
                 v1_dirs[controller] = mount + path
                 name = name or path
     if v2_dir is None and not v1_dirs:
-        return None
+        return NO_CGROUP
     labels = dict(recorded.controllers) if recorded is not None else {}
     served = {c: version for c, version in labels.items()
               if (version == "v2" and v2_dir is not None)
@@ -74,9 +81,8 @@ def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupI
 def _is_instance_leaf(path: str, uid: int) -> bool:
     """``.../instancelib/i.UID.N.HEX``: an instance's (or a spare's) cgroup of that owner."""
     parent, _, leaf = path.rpartition("/")
-    parts = leaf.split(".")
-    return (os.path.basename(parent) == TREE and len(parts) == 4 and parts[0] == "i"
-            and parts[1] == str(uid) and parts[2].isdigit() and parts[3].isalnum()
+    owner = cgroupdirs.leaf_owner(leaf)
+    return (os.path.basename(parent) == TREE and owner is not None and owner[0] == uid
             and ".." not in path.split("/") and path.startswith("/"))
 
 
@@ -110,7 +116,13 @@ def freeze(info: CgroupInfo, frozen: bool, *, timeout: float = 5.0) -> None:
     """Freeze (or thaw) every process of the cgroup; returns once it is done.
 
     Nothing is written when it is already in that state (see ``v2.freeze``).
+
+    Raises:
+        Unsupported: no freezer (``NO_CGROUP``, or v1 without its freezer).
     """
+    if not info:
+        raise Unsupported("pausing needs the instance to have a cgroup (root's instances "
+                          "have one; an ordinary user's need a delegated cgroup v2 subtree)")
     if info.v2 is not None:
         v2.freeze(info.v2, frozen, timeout=timeout)
         return
@@ -170,24 +182,12 @@ def populated(info: CgroupInfo) -> bool:
 def remove(info: CgroupInfo, *, wait: float = _REMOVE_WAIT) -> bool:
     """Remove the cgroup's directories (once its processes are gone); True if all went."""
     directories = list(info.v1.values()) + ([info.v2] if info.v2 else [])
-    deadline = time.monotonic() + wait
-    remaining = [d for d in directories if d and in_our_tree(d)]
-    while remaining:
-        left = []
-        for directory in remaining:
-            try:
-                os.rmdir(directory)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                if err.errno != errno.EBUSY:
-                    log.warning("cannot remove cgroup %s: %s", directory, err.strerror)
-                    continue
-                left.append(directory)
-        remaining = left
-        if not remaining or time.monotonic() > deadline:
-            break
-        time.sleep(0.002)
+    refused: list[tuple[str, OSError]] = []
+    remaining = cgroupdirs.remove_empty([d for d in directories if d and in_our_tree(d)],
+                                        wait=wait, refused=refused)
+    for directory, err in refused:
+        log.warning("cannot remove cgroup %s: %s", directory, err.strerror)
+    remaining = [d for d in remaining if d not in {r for r, _ in refused}]
     if remaining:
         log.warning("cgroups still busy, left in place: %s", ", ".join(remaining))
         return False

@@ -9,17 +9,16 @@ out the inactive file cache, as docker's does (it can be reclaimed at once).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import attrs
 import psutil
 
-from instancelib.cgroups import v1, v2
+from instancelib.cgroups import v1
 from instancelib.cgroups.tree import CgroupInfo
 
-__all__ = ["Sample", "Stats", "format_binary", "format_decimal", "sample"]
+__all__ = ["Sample", "Stats", "sample"]
 
 
 @attrs.frozen
@@ -70,55 +69,20 @@ def _host_memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
-def _read(directory: str, filename: str) -> str:
-    return v2.read(os.path.join(directory, filename))
-
-
-def _keyed(text: str) -> dict[str, int]:
-    values = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if value.strip().lstrip("-").isdigit():
-            values[key] = int(value)
-    return values
-
-
 def _cgroup_figures(info: CgroupInfo) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    # CPU: cgroup v2 counts it in every cgroup (cpu.stat), v1 in cpuacct.
-    if info.v2 is not None:
-        figures["cpu_ns"] = _keyed(_read(info.v2, "cpu.stat")).get("usage_usec", 0) * 1000
-    elif "cpuacct" in info.v1:
-        figures["cpu_ns"] = v1.read_int(info.v1["cpuacct"], "cpuacct.usage") or 0
-    memory = info.directory("memory")
-    if memory is not None and info.controllers.get("memory") == "v2":
-        stat = _keyed(_read(memory, "memory.stat"))
-        current = int(_read(memory, "memory.current"))
-        figures["memory"] = max(0, current - stat.get("inactive_file", 0))
-        limit = _read(memory, "memory.max").strip()
-        figures["limit"] = None if limit == "max" else int(limit)
-    elif memory is not None:
-        ctrl = v1.controller("memory", memory)
-        stat = ctrl.stat
-        figures["memory"] = max(0, ctrl.usage_in_bytes - stat.get("total_inactive_file", 0))
-        figures["limit"] = ctrl.limit_in_bytes
-    io = info.directory("io")
-    read = write = 0
-    if io is not None and info.controllers.get("io") == "v2":
-        for line in _read(io, "io.stat").splitlines():
-            fields = dict(item.split("=", 1) for item in line.split()[1:] if "=" in item)
-            read += int(fields.get("rbytes", 0))
-            write += int(fields.get("wbytes", 0))
-    elif io is not None:
-        lines = (v1.read_lines(io, "blkio.throttle.io_service_bytes_recursive")
-                 or v1.read_lines(io, "blkio.io_service_bytes_recursive"))
-        for line in lines:
-            parts = line.split()
-            if len(parts) == 3 and parts[1] == "Read":
-                read += int(parts[2])
-            elif len(parts) == 3 and parts[1] == "Write":
-                write += int(parts[2])
-    figures["read"], figures["write"] = read, write
+    cpu = info.cpu_accounting()
+    if cpu is not None:
+        directory, mode = cpu
+        figures["cpu_ns"] = mode.cpu_ns(directory)
+    memory = info.served("memory")
+    if memory is not None:
+        directory, mode = memory
+        figures["memory"], figures["limit"] = mode.memory(directory)
+    io = info.served("io")
+    if io is not None:
+        directory, mode = io
+        figures["read"], figures["write"] = mode.io_bytes(directory)
     pids = info.directory("pids")
     if pids is not None:
         figures["pids"] = v1.read_int(pids, "pids.current") or 0
@@ -156,12 +120,12 @@ def _process_figures(pid: int) -> dict[str, Any]:
             "read": int(read), "write": int(write), "pids": counted}
 
 
-def sample(name: str, pid: int, info: CgroupInfo | None, previous: Sample | None,
+def sample(name: str, pid: int, info: CgroupInfo, previous: Sample | None,
            started_ns: int) -> tuple[Stats, Sample]:
     """Read the instance's figures now; CPU % over the window since ``previous``
     (or since ``started_ns``, a ``time.time_ns()`` value, for the first)."""
     now = time.time_ns()
-    if info is not None:
+    if info:
         figures = _cgroup_figures(info)
         source = f"cgroup {info.version}"
     else:
@@ -183,22 +147,3 @@ def sample(name: str, pid: int, info: CgroupInfo | None, previous: Sample | None
         pids=int(figures.get("pids", 0)), source=source,
     )
     return stats, current
-
-
-def _scaled(size: float, step: float, units: tuple[str, ...], digits: int) -> str:
-    value = float(size)
-    index = 0
-    while value >= step and index < len(units) - 1:
-        value /= step
-        index += 1
-    return f"{value:.{digits}g}{units[index]}"
-
-
-def format_binary(size: float) -> str:
-    """Bytes as docker prints memory: ``3.27MiB`` (4 significant digits, binary units)."""
-    return _scaled(size, 1024.0, ("B", "KiB", "MiB", "GiB", "TiB", "PiB"), 4)
-
-
-def format_decimal(size: float) -> str:
-    """Bytes as docker prints block I/O: ``16.4kB`` (3 significant digits, SI units)."""
-    return _scaled(size, 1000.0, ("B", "kB", "MB", "GB", "TB", "PB"), 3)

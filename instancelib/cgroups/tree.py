@@ -26,27 +26,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from instancelib.cgroups import v1, v2
+from instancelib.cgroups import resources, v1, v2
 from instancelib.cgroups.limits import Limits
+from instancelib.cgroups.resources import V1_NAMES
 from instancelib.errors import Unsupported
+from instancelib.linux import cgroupdirs
 from instancelib.linux.userns import has_host_root
 
-__all__ = ["TREE", "V1_NAMES", "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt", "detect",
-           "in_our_tree", "plan", "relative"]
+__all__ = ["NO_CGROUP", "TREE", "V1_NAMES", "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt",
+           "detect", "in_our_tree", "plan", "relative"]
 
 log = logging.getLogger("instancelib")
 
 TREE = "instancelib"
-# Resource controllers (cgroup v2 names) and their v1 counterparts.
-V1_NAMES = {"memory": ("memory",), "cpu": ("cpu", "cpuacct"), "cpuset": ("cpuset",),
-            "io": ("blkio",), "pids": ("pids",)}
 # What an instance always gets where available: enough for stats, pause and kill, and
 # cpuset, so that a start with CPU-set limits uses the same hierarchies as one without
 # (the fork-server's spare PID 1, born in a cgroup of those hierarchies, then fits both).
@@ -132,6 +130,26 @@ class CgroupInfo:
                     return self.v1[name]
         return None
 
+    def served(self, controller: str) -> tuple[str, resources.Mode] | None:
+        """The directory serving a resource controller (v2 name) and its version's mode."""
+        directory = self.directory(controller)
+        if directory is None:
+            return None
+        return directory, resources.MODES[self.controllers[controller]]
+
+    def cpu_accounting(self) -> tuple[str, resources.Mode] | None:
+        """Where CPU time is counted: every cgroup v2 directory counts it (``cpu.stat``),
+        whichever version serves the cpu controller; else v1's cpuacct."""
+        if self.v2 is not None:
+            return self.v2, resources.V2
+        if "cpuacct" in self.v1:
+            return self.v1["cpuacct"], resources.V1
+        return None
+
+    def __bool__(self) -> bool:
+        """False for ``NO_CGROUP``, the null cgroup of an instance that has none."""
+        return bool(self.v2 or self.v1)
+
     def procs_files(self) -> list[str]:
         """The ``cgroup.procs`` files a process writes to join every part of the cgroup."""
         files = [os.path.join(self.v2, "cgroup.procs")] if self.v2 else []
@@ -158,6 +176,11 @@ class CgroupInfo:
         if not all(isinstance(p, str) and in_our_tree(p) for p in paths):
             return None
         return info
+
+
+NO_CGROUP = CgroupInfo(name="")
+"""The cgroup of an instance that has none: no directories, so nothing to join,
+freeze, kill or remove; stats come from its processes."""
 
 
 def in_our_tree(path: str) -> bool:
@@ -283,13 +306,13 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
             v1_bases.update((n, v1_tops[n]) for n in V1_NAMES[controller] if n in v1_tops)
     if v2_base is None and "freezer" in v1_tops:
         v1_bases["freezer"] = v1_tops["freezer"]
-    leaf = f"i.{os.geteuid()}.{os.getpid()}.{secrets.token_hex(3)}"
+    leaf = cgroupdirs.leaf_name(os.geteuid(), os.getpid())
     cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
                              controllers=choice, limits=limits)
     _prepare_bases(cgroup_plan, with_v2=False)  # v2: done above
     # Every limit's file exists in the bases as in a child: refuse now what
     # this kernel cannot enforce, before anything starts.
-    _settings(v2_base, v1_bases, choice, limits)
+    resources.resolve(v2_base, v1_bases, choice, limits)
     _sweep_spares(cgroup_plan.bases())
     return cgroup_plan
 
@@ -331,7 +354,7 @@ def adopt(cgroup_plan: CgroupPlan, spare_leaf: str | None) -> tuple[CgroupInfo, 
             _prepare_bases(cgroup_plan)
             os.mkdir(directory)
         to_join.append(os.path.join(directory, "cgroup.procs"))
-    _apply(final, cgroup_plan.limits)
+    resources.apply(final.v2, final.v1, final.controllers, cgroup_plan.limits)
     return final, to_join
 
 
@@ -350,17 +373,15 @@ def _sweep_spares(bases: list[str]) -> None:
     if _swept and now - _swept[0] < _SWEEP_EVERY:
         return
     _swept[:] = [now]
-    uid = str(os.geteuid())
+    uid = os.geteuid()
     for base in bases:
         try:
             names = os.listdir(base)
         except OSError:
             continue
         for entry in names:
-            parts = entry.split(".")
-            if len(parts) != 4 or parts[0] != "i" or parts[1] != uid:
-                continue
-            if parts[2].isdigit() and os.path.exists(f"/proc/{parts[2]}"):
+            owner = cgroupdirs.leaf_owner(entry)
+            if owner is None or owner[0] != uid or os.path.exists(f"/proc/{owner[1]}"):
                 continue
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(base, entry))  # fails (EBUSY) unless empty
@@ -393,67 +414,3 @@ def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchie
                  f"hierarchies: {', '.join(offered) or 'none'})")
     names = ", ".join(missing)
     return f"cannot enforce the {names} limits: {where}; {limits.to_dict()}"
-
-
-_V1_ALTERNATIVES = {  # files older kernels had (CFQ), and the ones BFQ offers now
-    "blkio.weight": "blkio.bfq.weight",
-    "blkio.weight_device": "blkio.bfq.weight_device",
-}
-
-
-def _settings(v2_dir: str | None, v1_dirs: dict[str, str], controllers: dict[str, str],
-              limits: Limits) -> list[tuple[str, str, str, str | None]]:
-    """The files that enforce ``limits`` in these directories: (path, value, file, v1 name).
-
-    The directories are a cgroup's, or the bases' (the same files exist
-    there): checking the bases finds a limit this kernel cannot enforce
-    before anything starts.
-
-    Raises:
-        Unsupported: a file the kernel lacks (no CPU quota support, no swap
-            accounting, no weight file without a proportional I/O scheduler...).
-    """
-    out: list[tuple[str, str, str, str | None]] = []
-    if v2_dir is not None and any(v == "v2" for v in controllers.values()):
-        for filename, value in limits.v2_files(
-                lambda f: os.path.exists(os.path.join(v2_dir, f))):
-            controller = filename.partition(".")[0]
-            if controllers.get(controller, "v2") != "v2" and controller in V1_NAMES:
-                continue
-            path = os.path.join(v2_dir, filename)
-            if not os.path.exists(path):
-                raise Unsupported(f"cannot set {filename}: this kernel's cgroup v2 has no "
-                                  "such file")
-            out.append((path, value, filename, None))
-    if any(v == "v1" for v in controllers.values()):
-        for controller, filename, value in limits.v1_settings():
-            if controllers.get(_v2_name(controller)) != "v1":
-                continue
-            directory = v1_dirs.get(controller)
-            if directory is None:
-                raise Unsupported(f"cannot set {filename}: no {controller} cgroup v1 hierarchy")
-            found = filename
-            if not os.path.exists(os.path.join(directory, filename)):
-                found = _V1_ALTERNATIVES.get(filename, filename)
-                if not os.path.exists(os.path.join(directory, found)):
-                    raise Unsupported(f"cannot set {filename}: this kernel's {controller} "
-                                      "cgroup (v1) has no such file")
-            out.append((os.path.join(directory, found), value, found, controller))
-    return out
-
-
-def _apply(info: CgroupInfo, limits: Limits) -> None:
-    """Write the limits into the cgroup's files; a file the kernel lacks is Unsupported."""
-    for path, value, filename, v1_controller in _settings(info.v2, info.v1, info.controllers,
-                                                          limits):
-        if v1_controller is None:
-            v2.set_value(path, value, filename)
-        else:
-            v1.set_value(v1_controller, os.path.dirname(path), filename, value)
-
-
-def _v2_name(v1_controller: str) -> str:
-    for name, v1_names in V1_NAMES.items():
-        if v1_controller in v1_names:
-            return name
-    return v1_controller

@@ -27,7 +27,6 @@ import stat
 import struct
 import subprocess
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from instancelib.errors import ImageError, Unsupported
@@ -35,8 +34,6 @@ from instancelib.image import cache, sif
 from instancelib.linux.userns import has_host_root
 
 if TYPE_CHECKING:
-    from instancelib.image.build import BuildProgress
-    from instancelib.image.deffile import Definition
     from instancelib.image.inspect import ImageMetadata
 
 __all__ = ["KINDS", "Image"]
@@ -60,6 +57,14 @@ _SIGNATURES = (
     (1080, b"\x53\xef", "an ext2/3/4 filesystem image"),
     (0, b"QFI\xfb", "a qcow2 disk image"),
 )
+
+
+class _MovedToBuilder:
+    """``Image.build`` moved up to ``instancelib.build_image`` (the builder runs instances)."""
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        raise AttributeError("Image.build is now instancelib.build_image(definition, target, "
+                             "...): the same arguments, the same result")
 
 
 class Image:
@@ -105,47 +110,7 @@ class Image:
         image._details = {}
         return image
 
-    @classmethod
-    def build(
-        cls,
-        definition: Definition | Sequence[Definition] | Image | str | os.PathLike[str],
-        target: str | os.PathLike[str],
-        *,
-        sandbox: bool = False,
-        build_args: Mapping[str, str] | None = None,
-        notest: bool = False,
-        force: bool = False,
-        progress: Callable[[BuildProgress], None] | None = None,
-    ) -> Image:
-        """Build an image, as ``apptainer build`` does, and return it.
-
-        Args:
-            definition: a ``Definition`` (or the stages of a multi-stage
-                build), a definition file's path, or an image (an ``Image`` or
-                a path ``Image`` opens), which is converted.
-            target: the SIF file to write, or with ``sandbox`` the directory.
-            sandbox: write a sandbox directory instead of a SIF file.
-            build_args: values for the definition's ``{{ NAME }}`` arguments
-                (over its ``%arguments`` defaults); for a definition file.
-            notest: skip ``%test``.
-            force: replace an existing ``target``.
-            progress: called with a ``BuildProgress`` for each step and for
-                each line ``%setup``/``%post``/``%test`` print.
-
-        Raises:
-            DefinitionError: a malformed definition, or a build argument without a value.
-            ImageError: a bad source image, a missing ``%files`` source, or an
-                existing target without ``force``.
-            Unsupported: a bootstrap agent (or tool) this machine cannot serve.
-            InstanceError: ``%setup``, ``%post`` or ``%test`` failed (the
-                message says which, ``detail`` holds its last lines of output).
-
-        A failed build leaves neither a partial target nor a mount behind.
-        """
-        from instancelib.image.build import build  # noqa: PLC0415 (build imports this module)
-
-        return build(definition, target, sandbox=sandbox, build_args=build_args,
-                     notest=notest, force=force, progress=progress)
+    build = _MovedToBuilder()
 
     def inspect(self) -> ImageMetadata:
         """The image's labels, scripts, environment, definition file and apps.

@@ -152,15 +152,6 @@ def _strings(value: Any) -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in value.items()}
 
 
-def go_json(value: Any) -> str:
-    """JSON as Go's ``json.MarshalIndent(v, "", "\\t")`` writes it (what Apptainer prints)."""
-    text = json.dumps(value, indent="\t", ensure_ascii=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return text
-
-
 # -- reading ----------------------------------------------------------------------------------
 
 

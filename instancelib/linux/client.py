@@ -20,7 +20,7 @@ from typing import Any
 
 from instancelib.errors import StartError, Unsupported
 from instancelib.linux import wire
-from instancelib.linux.cgroupdirs import remove_empty
+from instancelib.linux.cgroupdirs import leaf_owner, remove_empty
 
 __all__ = ["ForkServer", "get_forkserver"]
 
@@ -114,12 +114,12 @@ class ForkServer:
         """
         if self.process.poll() is None or not self.cgroup_bases:
             return
-        prefix = f"i.{os.geteuid()}.{self.process.pid}."
+        ours = (os.geteuid(), self.process.pid)
         directories = []
         for base in self.cgroup_bases:
             with contextlib.suppress(OSError):
                 directories += [os.path.join(base, e) for e in os.listdir(base)
-                                if e.startswith(prefix)]
+                                if leaf_owner(e) == ours]
         remove_empty(directories, wait=_SPARE_EXIT_WAIT)
         self.cgroup_bases.clear()
 

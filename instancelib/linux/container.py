@@ -31,15 +31,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from instancelib.linux import loopdev, pathwalk, syscalls
+from instancelib.linux import advice, loopdev, pathwalk, syscalls
 from instancelib.linux.syscalls import (
     MNT_DETACH,
     MS_BIND,
+    MS_NOATIME,
     MS_NODEV,
+    MS_NODIRATIME,
     MS_NOEXEC,
     MS_NOSUID,
     MS_RDONLY,
     MS_REC,
+    MS_RELATIME,
     MS_REMOUNT,
     MS_SLAVE,
     MS_UNBINDABLE,
@@ -48,9 +51,6 @@ from instancelib.linux.syscalls import (
 __all__ = ["SetupError", "setup_container"]
 
 _ST_RELATIME = 4096
-_MS_RELATIME = 1 << 21
-_MS_NOATIME = 1024
-_MS_NODIRATIME = 2048
 
 # Device nodes of a minimal /dev (``contain=True``), bind-mounted from the host.
 _MINIMAL_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -262,8 +262,9 @@ def _mount_overlay(root: str, options: str, image: str) -> None:
         syscalls.mount("overlay", root, "overlay", 0, options)
     except OSError as err:
         failure = _step("mount overlay on the image", image)(err)
-        if err.errno in (1, 22) and os.geteuid() != 0:
-            failure.message += " (overlay mounts in a user namespace need Linux 5.11 or later)"
+        hint = advice.advice_for("overlay in a user namespace", err)
+        if hint and os.geteuid() != 0:
+            failure.message += f" ({hint})"
         raise failure from err
 
 
@@ -419,8 +420,8 @@ def _locked_flags(path: str) -> int:
     vfs = os.statvfs(path)
     flags = 0
     for st_flag, ms_flag in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
-                             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, _MS_NOATIME),
-                             (os.ST_NODIRATIME, _MS_NODIRATIME), (_ST_RELATIME, _MS_RELATIME)):
+                             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+                             (os.ST_NODIRATIME, MS_NODIRATIME), (_ST_RELATIME, MS_RELATIME)):
         if vfs.f_flag & st_flag:
             flags |= ms_flag
     return flags

@@ -8,7 +8,7 @@ removal of a build's scratch tree run that way::
 
     python -m instancelib.linux.fakerootexec '<maps as JSON>' ARGV...
 
-The maps are those of ``launchplan.user_namespace_plan(fakeroot=True)``.
+The maps are those of ``userns.user_namespace_plan(fakeroot=True)``.
 The process enters the namespace (single-threaded: a fresh interpreter) and
 executes ARGV; its exit status is the command's (127 when it cannot run,
 126 when the namespace cannot be made, with the reason on stderr).

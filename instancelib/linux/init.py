@@ -31,6 +31,7 @@ with 50 instances up, every one of them is resident.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import select
@@ -38,9 +39,9 @@ import signal
 import socket
 from typing import Any
 
-from instancelib.linux import container, envscripts, procfs, syscalls, wire
+from instancelib.linux import cgroupdirs, container, envscripts, procfs, syscalls, wire
 
-__all__ = ["join_cgroups", "run_init", "run_spare"]
+__all__ = ["run_init", "run_spare"]
 
 STARTSCRIPT = "/.singularity.d/startscript"
 RUNSCRIPT = "/.singularity.d/runscript"
@@ -119,7 +120,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             with contextlib.suppress(OSError):
                 os.kill(-1, signal.SIGKILL)
             os._exit(1)
-        # The name's lock and the copy of our record (see ``recordstore``): kept open,
+        # The name's lock and the copy of our record (see ``records.store``): kept open,
         # close-on-exec, for as long as we live.  Nothing else is done with them.
         _KEPT.extend(kept)
         if control is not None:
@@ -154,31 +155,11 @@ def _await_cgroup(channel: socket.socket, roots: dict[str, int]) -> None:
         os.close(fd)
     if message is None or message.get("event") != "cgroup":
         os._exit(1)  # the caller gave up (or is gone) before the instance ran anything
-    join_cgroups(message.get("procs") or (), roots)
-
-
-def join_cgroups(procs_files: Any, roots: dict[str, int] | None = None) -> None:
-    """Move the calling process into cgroups (each a ``cgroup.procs`` file).
-
-    ``roots`` maps hierarchy mount points to directory descriptors opened
-    earlier: a path under one is opened relative to it (after pivot_root the
-    mount point is no longer in view).
-    """
-    for path in procs_files:
-        root_fd, relative = None, path
-        for mount, fd in (roots or {}).items():
-            if path.startswith(mount + "/"):
-                root_fd, relative = fd, path[len(mount) + 1:]
-                break
-        try:
-            fd = os.open(relative, os.O_WRONLY | os.O_CLOEXEC, dir_fd=root_fd)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise container.SetupError("join the instance's cgroup", err.strerror or str(err),
-                                       errno=err.errno, path=path) from err
+    try:
+        cgroupdirs.join(message.get("procs") or (), roots)
+    except OSError as err:
+        raise container.SetupError("join the instance's cgroup", err.strerror or str(err),
+                                   errno=err.errno, path=err.filename) from err
 
 
 def _prepare_process() -> int:
@@ -280,7 +261,7 @@ def _spawn_service(plan: dict[str, Any], env: dict[str, str], cwd: str, out_fd: 
             return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
                                   setsigmask=(), setsigdef=(*envscripts.RESET_SIGNALS, *_HANDLED))
         except OSError as err:
-            if err.errno == 8 and argv[0] != "/bin/sh":  # ENOEXEC: no #! line
+            if err.errno == errno.ENOEXEC and argv[0] != "/bin/sh":  # no #! line
                 return os.posix_spawn("/bin/sh", ["/bin/sh", *argv], env, file_actions=actions,
                                       setsid=True, setsigmask=(),
                                       setsigdef=(*envscripts.RESET_SIGNALS, *_HANDLED))
@@ -294,11 +275,11 @@ def _spawn_service(plan: dict[str, Any], env: dict[str, str], cwd: str, out_fd: 
 
 def _explain_exec_error(path: str, err: OSError) -> str:
     message = err.strerror or str(err)
-    if err.errno == 2 and os.path.exists(path):
+    if err.errno == errno.ENOENT and os.path.exists(path):
         interpreter = _shebang(path)
         if interpreter:
             return f"{message} (its interpreter {interpreter} is missing from the image)"
-    if err.errno == 2 and path == "/bin/sh":
+    if err.errno == errno.ENOENT and path == "/bin/sh":
         return f"{message} (the image has no /bin/sh)"
     return message
 

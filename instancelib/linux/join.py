@@ -29,7 +29,7 @@ import socket
 import termios
 from typing import Any
 
-from instancelib.linux import envscripts, procfs, syscalls
+from instancelib.linux import cgroupdirs, envscripts, procfs, syscalls
 
 __all__ = ["become_owner", "join_namespaces", "run_join"]
 
@@ -60,16 +60,6 @@ def _fail(fd: int, err: OSError, message: str) -> None:
     os._exit(1)
 
 
-def _join_cgroups(procs_files: Any) -> None:
-    """Move this process (and so the command) into the instance's cgroups."""
-    for path in procs_files:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-
-
 def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
     """Join the instance, spawn the command, report its fate; never returns."""
     try:
@@ -78,7 +68,7 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
     except OSError as err:
         _fail(status_fd, err, "the instance is not running")
     try:
-        _join_cgroups(request.get("cgroup_procs") or ())
+        cgroupdirs.join(request.get("cgroup_procs") or ())
     except OSError as err:
         _fail(status_fd, err, f"cannot join the instance's cgroup: {err.strerror}")
     if os.geteuid() != request["uid"]:

@@ -27,8 +27,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from instancelib.linux import container, syscalls, userns, wire
-from instancelib.linux.init import join_cgroups, run_spare
+from instancelib.linux import advice, cgroupdirs, container, syscalls, userns, wire
+from instancelib.linux.init import run_spare
 
 __all__ = ["NAMESPACES", "SPARE_NAMESPACES", "run_launcher"]
 
@@ -37,13 +37,6 @@ NAMESPACES = (
     syscalls.CLONE_NEWNS | syscalls.CLONE_NEWUTS | syscalls.CLONE_NEWIPC | syscalls.CLONE_NEWPID
 )
 SPARE_NAMESPACES = NAMESPACES & ~syscalls.CLONE_NEWNS
-
-_UNSHARE_ADVICE = {
-    1: "creating namespaces needs root (CAP_SYS_ADMIN)",
-    22: "the kernel refused the namespace flags",
-    28: "a namespace limit is reached; check /proc/sys/user/max_*_namespaces",
-}
-
 
 def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None,
                  cgroup_bases: Sequence[str] = ()) -> None:
@@ -70,11 +63,9 @@ def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None,
     try:
         syscalls.unshare(SPARE_NAMESPACES)
     except OSError as err:
-        advice = _UNSHARE_ADVICE.get(err.errno or 0)
-        message = err.strerror or str(err)
         wire.send_message(control, {
             "event": "error", "step": "unshare namespaces",
-            "message": f"{message} ({advice})" if advice else message,
+            "message": advice.explain("unshare", err),
             "errno": err.errno, "path": None,
         })
         os._exit(1)
@@ -93,14 +84,14 @@ def run_launcher(control: socket.socket, user_namespace: dict[str, Any] | None,
 
 def _enter_spare_cgroup(bases: Sequence[str]) -> str | None:
     """Make a cgroup under each base and move in; None (and nothing left) on failure."""
-    leaf = f"i.{os.geteuid()}.{os.getppid()}.{os.urandom(3).hex()}"
+    leaf = cgroupdirs.leaf_name(os.geteuid(), os.getppid())
     made: list[str] = []
     try:
         for base in bases:
             directory = os.path.join(base, leaf)
             os.mkdir(directory)
             made.append(directory)
-        join_cgroups(os.path.join(d, "cgroup.procs") for d in made)
+        cgroupdirs.join(os.path.join(d, "cgroup.procs") for d in made)
     except (OSError, container.SetupError):
         for directory in made:
             with contextlib.suppress(OSError):

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import select
+from typing import Any
 
-from instancelib.linux import syscalls
+from instancelib.linux import advice, syscalls
 
 __all__ = [
     "IdMap",
@@ -27,6 +29,7 @@ __all__ = [
     "enter_user_namespace",
     "explain_unshare_error",
     "has_host_root",
+    "user_namespace_plan",
 ]
 
 IdMap = list[list[int]]  # rows of [inside, outside, count]
@@ -55,17 +58,7 @@ def has_host_root() -> bool:
 
 def explain_unshare_error(err: OSError) -> str:
     """Why ``unshare(CLONE_NEWUSER)`` failed, and which setting to look at."""
-    if err.errno == errno.EPERM:
-        return ("unprivileged user namespaces are not allowed here: check the sysctl "
-                "kernel.unprivileged_userns_clone (must be 1), an AppArmor restriction "
-                "(kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu), or the "
-                "seccomp policy of the container this runs in")
-    if err.errno == errno.ENOSPC:
-        return ("the user namespace limit is reached: check the sysctl "
-                "user.max_user_namespaces (0 disables user namespaces)")
-    if err.errno == errno.EINVAL:
-        return "this kernel has no user namespaces (CONFIG_USER_NS)"
-    return err.strerror or str(err)
+    return advice.advice_for("user namespace", err) or err.strerror or str(err)
 
 
 def _format(id_map: IdMap) -> str:
@@ -175,3 +168,49 @@ def _which(name: str) -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return None
+
+
+def _subordinate_range(path: str, user: str, uid: int) -> tuple[int, int] | None:
+    """The first ``user:start:count`` (or ``uid:start:count``) range of /etc/subuid-style files."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in (user, str(uid)):
+            try:
+                start, count = int(fields[1]), int(fields[2])
+            except ValueError:
+                continue
+            if count > 0:
+                return start, count
+    return None
+
+
+def user_namespace_plan(*, fakeroot: bool) -> tuple[dict[str, Any] | None, str | None]:
+    """The user namespace an instance of this caller gets, and a note for its log.
+
+    Host root gets none (``fakeroot`` changes nothing for root).  An ordinary
+    user keeps their own UID/GID inside; with ``fakeroot`` they are root
+    inside, and their subordinate ranges are mapped after root when
+    /etc/subuid and /etc/subgid have one and newuidmap/newgidmap exist.
+    """
+    if has_host_root():
+        return None, None
+    uid, gid = os.geteuid(), os.getegid()
+    if not fakeroot:
+        return {"uid_map": [[uid, uid, 1]], "gid_map": [[gid, gid, 1]], "helpers": False}, None
+    user = pwd.getpwuid(uid).pw_name
+    sub_uids = _subordinate_range("/etc/subuid", user, uid)
+    sub_gids = _subordinate_range("/etc/subgid", user, uid)
+    helpers = _which("newuidmap") is not None and _which("newgidmap") is not None
+    if sub_uids and sub_gids and helpers:
+        return {"uid_map": [[0, uid, 1], [1, *sub_uids]],
+                "gid_map": [[0, gid, 1], [1, *sub_gids]], "helpers": True}, None
+    missing = ("newuidmap/newgidmap (Debian package uidmap)" if not helpers else
+               f"a range for {user} in /etc/subuid and /etc/subgid")
+    note = (f"fakeroot without {missing}: only root is mapped inside, so changing a "
+            "file's owner to any other user or group fails")
+    return {"uid_map": [[0, uid, 1]], "gid_map": [[0, gid, 1]], "helpers": False}, note

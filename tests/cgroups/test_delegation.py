@@ -16,10 +16,8 @@ import json
 import os
 import pwd
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from instancelib.cgroups import tree
-from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux.userns import has_host_root
+from tests.users import USER_A, VENV_PYTHON, user_env
 
 pytestmark = [
     pytest.mark.cgroups,
@@ -36,8 +34,7 @@ pytestmark = [
                        "for the user ilib-a"),
 ]
 
-USER = "ilib-a"
-VENV_PYTHON = "/opt/instancelib-venv/bin/python"
+USER = USER_A
 DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
 
 USER_CODE = r"""
@@ -114,27 +111,10 @@ def _remove_tree(top: Path) -> None:
     assert not top.exists(), f"could not remove {top}"
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    directory = Path(tempfile.mkdtemp(prefix="instancelib-delegation-"))
-    try:
-        directory.chmod(0o755)
-        shutil.copytree(Path(__file__).resolve().parents[2] / "instancelib",
-                        directory / "src" / "instancelib")
-        make_busybox_rootfs(directory / "image", startscript="#!/bin/sh\nexec sleep 1000\n")
-        subprocess.run(["chmod", "-R", "a+rX", str(directory)], check=True)
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_a_user_gets_cgroups_inside_their_delegated_subtree(delegated, shared):
-    if not os.access(VENV_PYTHON, os.X_OK):
-        pytest.fail(f"{VENV_PYTHON} is missing: run scripts/setup (as root) first")
     entry = pwd.getpwnam(USER)
     code = f"IMAGE = {str(shared / 'image')!r}\n" + USER_CODE
-    env = {"HOME": entry.pw_dir, "USER": USER, "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(shared / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = user_env(entry, shared)
     with subprocess.Popen([VENV_PYTHON, "-c", code], user=entry.pw_uid, group=entry.pw_gid,
                           extra_groups=[], env=env, cwd="/", stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from instancelib import Device, InvalidArgument, Limits, Unsupported
-from instancelib.cgroups.limits import blkio_to_io_weight, parse_size, shares_to_weight
+from instancelib import Device, InvalidArgument, Limits
+from instancelib.cgroups.limits import parse_size
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -54,60 +54,6 @@ def test_an_empty_limits_is_falsy():
     assert Limits().controllers() == set()
 
 
-def test_v2_files_follow_apptainer_and_runc():
-    limits = Limits(memory="64M", memory_reservation="32M", memory_swap="128M", cpus=0.5,
-                    cpu_shares=512, cpuset_cpus="0", cpuset_mems="0", blkio_weight=500,
-                    blkio_weight_device=["8:0 200"], device_read_bps=["8:0 1M"],
-                    device_write_iops=["8:16 100"], pids_limit=20,
-                    unified={"memory.high": "60M"})
-    files = limits.v2_files()
-    assert ("memory.max", str(64 << 20)) in files
-    assert ("memory.low", str(32 << 20)) in files
-    assert ("memory.swap.max", str(64 << 20)) in files        # swap minus memory
-    assert ("cpu.max", "50000 100000") in files
-    assert ("cpu.weight", str(shares_to_weight(512))) in files
-    assert ("cpuset.cpus", "0") in files and ("cpuset.mems", "0") in files
-    assert ("io.weight", str(blkio_to_io_weight(500))) in files   # no BFQ: converted
-    assert ("io.weight", f"8:0 {blkio_to_io_weight(200)}") in files
-    assert ("io.max", f"8:0 rbps={1 << 20}") in files
-    assert ("io.max", "8:16 wiops=100") in files
-    assert ("pids.max", "20") in files
-    assert ("memory.high", "60M") in files
-    # With BFQ the weight is written as is.
-    bfq = Limits(blkio_weight=500).v2_files(lambda name: name == "io.bfq.weight")
-    assert bfq == [("io.bfq.weight", "500")]
-    assert Limits(memory="64M", memory_swap=-1).v2_files()[-1] == ("memory.swap.max", "max")
-    assert Limits(pids_limit=-1).v2_files() == [("pids.max", "max")]
-    assert Limits(cpus=2, cpu_period=50000).v2_files() == [("cpu.max", "100000 50000")]
-
-
-def test_conversions():
-    assert shares_to_weight(2) == 1
-    assert shares_to_weight(262144) == 10000
-    assert shares_to_weight(1024) == 39       # the OCI conversion (1 + 1022*9999/262142)
-    assert blkio_to_io_weight(10) == 1
-    assert blkio_to_io_weight(1000) == 10000
-
-
-def test_v1_settings():
-    limits = Limits(memory="64M", memory_swap="128M", memory_reservation="32M", cpus=1.5,
-                    cpu_shares=256, pids_limit=7, blkio_weight=300,
-                    device_write_bps=["8:0 2M"])
-    assert limits.v1_settings() == [
-        ("memory", "memory.limit_in_bytes", str(64 << 20)),
-        ("memory", "memory.memsw.limit_in_bytes", str(128 << 20)),
-        ("memory", "memory.soft_limit_in_bytes", str(32 << 20)),
-        ("cpu", "cpu.cfs_period_us", "100000"),
-        ("cpu", "cpu.cfs_quota_us", "150000"),
-        ("cpu", "cpu.shares", "256"),
-        ("blkio", "blkio.weight", "300"),
-        ("blkio", "blkio.throttle.write_bps_device", f"8:0 {2 << 20}"),
-        ("pids", "pids.max", "7"),
-    ]
-    with pytest.raises(Unsupported, match="cgroup v2"):
-        Limits(unified={"memory.high": "1M"}).v1_settings()
-
-
 def test_devices():
     assert Device.parse("8:0 200", "f") == Device(8, 0, 200)
     assert Device.parse("8:16:300", "f") == Device(8, 16, 300)
@@ -119,68 +65,6 @@ def test_controllers_needed():
     assert Limits(memory="64M", pids_limit=3).controllers() == {"memory", "pids"}
     assert Limits(cpu_shares=100, device_read_iops=["8:0 5"]).controllers() == {"cpu", "io"}
     assert Limits(unified={"hugetlb.2MB.max": "0"}).controllers() == {"hugetlb"}
-
-
-APPTAINER_TOML = """
-[memory]
-    limit = 536870912
-    reservation = 268435456
-    swap = 1073741824
-
-[cpu]
-    shares = 512
-    quota = 25000
-    period = 50000
-    cpus = "0-1"
-    mems = "0"
-
-[pids]
-    limit = 100
-
-[blockIO]
-    weight = 200
-    weightDevice = [{major = 8, minor = 0, weight = 300}]
-    throttleReadBpsDevice = [{major = 8, minor = 0, rate = 1048576}]
-    throttleWriteIOPSDevice = [{major = 8, minor = 0, rate = 50}]
-
-[unified]
-    "memory.high" = "400M"
-"""
-
-
-def test_apptainers_toml(tmp_path):
-    path = tmp_path / "cgroups.toml"
-    path.write_text(APPTAINER_TOML)
-    limits = Limits.from_toml(path)
-    assert limits == Limits(
-        memory=512 << 20, memory_reservation=256 << 20, memory_swap=1 << 30, cpu_shares=512,
-        cpus=0.5, cpu_period=50000, cpuset_cpus="0-1", cpuset_mems="0", pids_limit=100,
-        blkio_weight=200, blkio_weight_device=[Device(8, 0, 300)],
-        device_read_bps=[Device(8, 0, 1 << 20)], device_write_iops=[Device(8, 0, 50)],
-        unified={"memory.high": "400M"})
-    assert ("cpu.max", "25000 50000") in limits.v2_files()
-
-
-@pytest.mark.parametrize(("text", "error", "match"), [
-    ("[devices]\nallow = []\n", Unsupported, r"\[devices\]"),
-    ("[memory]\nkernel = 1\n", Unsupported, "kernel"),
-    ("[hugepageLimits]\n", Unsupported, "hugepageLimits"),
-    ("[memory\n", InvalidArgument, "not valid TOML"),
-    ("memory = 3\n", InvalidArgument, "must be a table"),
-    ("[memory]\nlimit = 'lots'\n", InvalidArgument, "memory: "),
-    ("[cpu]\nperiod = 1000\n", InvalidArgument, "without cpu.quota"),
-    ("[blockIO]\nweightDevice = [{major = 8}]\n", InvalidArgument, "major and minor"),
-])
-def test_bad_toml(tmp_path, text, error, match):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(error, match=match):
-        Limits.from_toml(path)
-
-
-def test_missing_toml_file(tmp_path):
-    with pytest.raises(InvalidArgument, match="cannot read"):
-        Limits.from_toml(tmp_path / "none.toml")
 
 
 def test_to_dict():

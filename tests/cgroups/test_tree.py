@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 
 from instancelib.cgroups import tree, v2
-from instancelib.cgroups.limits import Limits
-from instancelib.cgroups.stats import format_binary, format_decimal
-from instancelib.errors import Unsupported
+from instancelib.cli.output import format_binary, format_decimal
 
 PURE_V2 = """\
 25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -104,34 +102,6 @@ def test_cgroup_info_round_trips_and_refuses_paths_outside_our_tree():
         assert tree.CgroupInfo.from_dict(forged) is None, bad
     assert tree.CgroupInfo.from_dict({"v2": 3}) is None
     assert tree.CgroupInfo.from_dict("nonsense") is None
-
-
-def test_settings_use_bfq_files_where_the_old_ones_are_gone(tmp_path):
-    blkio = tmp_path / "blkio"
-    blkio.mkdir()
-    (blkio / "blkio.bfq.weight").write_text("100\n")
-    (blkio / "blkio.bfq.weight_device").write_text("")
-    settings = tree._settings(None, {"blkio": str(blkio)}, {"io": "v1"},
-                              Limits(blkio_weight=300, blkio_weight_device=["8:0 200"]))
-    assert [(s[2], s[1]) for s in settings] == [("blkio.bfq.weight", "300"),
-                                               ("blkio.bfq.weight_device", "8:0 200")]
-
-
-def test_settings_refuse_a_file_the_kernel_lacks(tmp_path):
-    memory = tmp_path / "memory"
-    memory.mkdir()
-    (memory / "memory.limit_in_bytes").write_text("")  # no memsw: no swap accounting
-    with pytest.raises(Unsupported, match=r"memory\.memsw\.limit_in_bytes"):
-        tree._settings(None, {"memory": str(memory)}, {"memory": "v1"},
-                       Limits(memory="64M", memory_swap="128M"))
-    unified = tmp_path / "unified"
-    unified.mkdir()
-    (unified / "memory.max").write_text("")
-    with pytest.raises(Unsupported, match=r"memory\.swap\.max"):
-        tree._settings(str(unified), {}, {"memory": "v2"},
-                       Limits(memory="64M", memory_swap="128M"))
-    assert tree._settings(str(unified), {}, {"memory": "v2"}, Limits(memory="64M")) == [
-        (str(unified / "memory.max"), str(64 << 20), "memory.max", None)]
 
 
 @pytest.mark.parametrize(("size", "binary", "decimal"), [

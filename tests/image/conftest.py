@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.image import sif
-from instancelib.image.busybox import make_busybox_rootfs
 
 STARTSCRIPT = "#!/bin/sh\necho started-from-image\nexec sleep 1000\n"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from instancelib import Image, Instance, InstanceRegistry
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.image import sif
-from instancelib.image.busybox import make_busybox_rootfs
 
 DEFFILE = b"""Bootstrap: docker
 From: busybox:latest

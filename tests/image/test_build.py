@@ -25,9 +25,10 @@ from instancelib import (
     InstanceError,
     PermissionDenied,
     Unsupported,
+    build_image,
 )
+from instancelib.build import remove_build_tree
 from instancelib.image import sif
-from instancelib.image.build import remove_build_tree
 from instancelib.linux.userns import has_host_root
 from tests.helpers import host_mounts, wait_for
 
@@ -100,7 +101,7 @@ def built_sandboxes():
 def test_build_a_sif_from_a_definition_file(web_def, tmp_path, start):
     events: list[BuildProgress] = []
     target = tmp_path / "web.sif"
-    image = Image.build(web_def, target, build_args={"VERSION": "2.5"}, progress=events.append)
+    image = build_image(web_def, target, build_args={"VERSION": "2.5"}, progress=events.append)
     assert image.kind == "sif" and image.path == str(target)
     assert _leftovers(tmp_path) == []
     steps = [e.step for e in events if e.output is None]
@@ -145,7 +146,7 @@ def test_build_a_sif_from_a_definition_file(web_def, tmp_path, start):
 def test_build_a_sandbox(web_def, tmp_path, start, built_sandboxes):
     target = tmp_path / "web-sandbox"
     built_sandboxes.append(target)
-    image = Image.build(web_def, target, sandbox=True)
+    image = build_image(web_def, target, sandbox=True)
     assert image.kind == "sandbox" and target.is_dir()
     meta = target / ".singularity.d"
     assert (meta / "env/90-environment.sh").read_text() == (
@@ -172,7 +173,7 @@ def test_definition_objects_and_stages(tmp_path):
         "\nBootstrap: busybox\nStage: two\n%files from one\n    /out/artifact /artifact\n"
         "%runscript\n    cat /artifact\n")
     target = tmp_path / "multi.sif"
-    image = Image.build(stages, target)
+    image = build_image(stages, target)
     registry_dir = tmp_path / "reg"
     from instancelib import InstanceRegistry  # noqa: PLC0415
 
@@ -186,7 +187,7 @@ def test_definition_objects_and_stages(tmp_path):
 def test_files_from_an_unknown_stage_is_an_error(tmp_path):
     definition = Definition.parse("Bootstrap: busybox\n%files from nowhere\n    /a /b\n")
     with pytest.raises(DefinitionError, match="from STAGE"):
-        Image.build(definition, tmp_path / "x.sif")
+        build_image(definition, tmp_path / "x.sif")
     assert not (tmp_path / "x.sif").exists() and _leftovers(tmp_path) == []
 
 
@@ -195,8 +196,8 @@ def test_build_arguments(tmp_path):
     path = tmp_path / "args.def"
     path.write_text(text)
     with pytest.raises(DefinitionError, match="WHO"):
-        Image.build(path, tmp_path / "args.sif")
-    image = Image.build(path, tmp_path / "args.sif", build_args={"WHO": "me"})
+        build_image(path, tmp_path / "args.sif")
+    image = build_image(path, tmp_path / "args.sif", build_args={"WHO": "me"})
     assert image.inspect().labels["Who"] == "me"
 
 
@@ -212,7 +213,7 @@ def test_a_failed_build_leaves_nothing(tmp_path, section, body, what):
     path.write_text(f"Bootstrap: busybox\n%{section}\n    {body}\n")
     for target, sandbox in ((tmp_path / "fail.sif", False), (tmp_path / "fail-dir", True)):
         with pytest.raises(InstanceError, match=what) as caught:
-            Image.build(path, target, sandbox=sandbox)
+            build_image(path, target, sandbox=sandbox)
         assert not target.exists()
         if section == "post":
             assert "before-failure" in caught.value.detail
@@ -226,7 +227,7 @@ def test_pre_runs_on_the_host_before_the_bootstrap(tmp_path):
         f"Bootstrap: busybox\n%pre\n    echo \"$APPTAINER_ROOTFS\" > {mark}\n"
         f"%setup\n    test -s {mark} && touch \"$APPTAINER_ROOTFS/after-pre\"\n")
     target = tmp_path / "pre"
-    Image.build(definition, target, sandbox=True)
+    build_image(definition, target, sandbox=True)
     try:
         assert mark.read_text() == "\n"  # no root filesystem yet
         assert (target / "after-pre").exists()
@@ -237,7 +238,7 @@ def test_pre_runs_on_the_host_before_the_bootstrap(tmp_path):
 def test_notest_skips_the_test_section(tmp_path):
     path = tmp_path / "t.def"
     path.write_text("Bootstrap: busybox\n%test\n    exit 1\n")
-    image = Image.build(path, tmp_path / "t.sif", notest=True)
+    image = build_image(path, tmp_path / "t.sif", notest=True)
     assert image.inspect().test == "#!/bin/sh\n\n    exit 1"
 
 
@@ -246,13 +247,13 @@ def test_an_existing_target_needs_force(tmp_path):
     target = tmp_path / "exists.sif"
     target.write_text("precious")
     with pytest.raises(ImageError, match="exists"):
-        Image.build(definition, target)
+        build_image(definition, target)
     assert target.read_text() == "precious"
-    assert Image.build(definition, target, force=True).kind == "sif"
+    assert build_image(definition, target, force=True).kind == "sif"
     directory = tmp_path / "exists-dir"
     directory.mkdir()
     (directory / "old").write_text("x")
-    image = Image.build(definition, directory, sandbox=True, force=True)
+    image = build_image(definition, directory, sandbox=True, force=True)
     assert image.kind == "sandbox" and not (directory / "old").exists()
     remove_build_tree(directory)
 
@@ -264,26 +265,26 @@ def test_an_existing_target_needs_force(tmp_path):
 def test_agents_this_machine_cannot_serve_are_unsupported(tmp_path, agent, missing):
     definition = Definition.parse(f"Bootstrap: {agent}\nFrom: something\n")
     with pytest.raises(Unsupported, match=missing):
-        Image.build(definition, tmp_path / "x.sif")
+        build_image(definition, tmp_path / "x.sif")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_an_unwritable_target_directory(tmp_path):
     definition = Definition.parse("Bootstrap: busybox\n")
     with pytest.raises(ImageError, match="build target's directory"):
-        Image.build(definition, "/proc/instancelib-test.sif")  # no new entries, even for root
+        build_image(definition, "/proc/instancelib-test.sif")  # no new entries, even for root
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     if not has_host_root():  # root may write anywhere
         with pytest.raises(PermissionDenied, match="build target's directory"):
-            Image.build(definition, locked / "x.sif")
+            build_image(definition, locked / "x.sif")
     assert list(locked.iterdir()) == []
 
 
 def test_a_missing_files_source_is_an_error(tmp_path):
     definition = Definition.parse("Bootstrap: busybox\n%files\n    /no/such/file /x\n")
     with pytest.raises(ImageError, match="/no/such/file"):
-        Image.build(definition, tmp_path / "x.sif")
+        build_image(definition, tmp_path / "x.sif")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -292,7 +293,7 @@ def test_files_globs(tmp_path):
         (tmp_path / name).write_text(name)
     definition = Definition.parse(f"Bootstrap: busybox\n%files\n    {tmp_path}/*.conf /etc/conf/\n")
     target = tmp_path / "glob"
-    Image.build(definition, target, sandbox=True)
+    build_image(definition, target, sandbox=True)
     try:
         assert sorted(os.listdir(target / "etc/conf")) == ["a.conf", "b.conf"]
     finally:
@@ -303,10 +304,10 @@ def test_localimage_and_conversions(sif_path, tmp_path, start, built_sandboxes):
     # A SIF becomes a sandbox, which becomes a SIF again, with the same content.
     sandbox = tmp_path / "converted"
     built_sandboxes.append(sandbox)
-    converted = Image.build(sif_path, sandbox, sandbox=True)
+    converted = build_image(sif_path, sandbox, sandbox=True)
     assert converted.kind == "sandbox"
     assert (sandbox / ".singularity.d/startscript").read_text().startswith("#!/bin/sh")
-    back = Image.build(str(sandbox), tmp_path / "back.sif")
+    back = build_image(str(sandbox), tmp_path / "back.sif")
     assert back.kind == "sif"
     instance = start(back, "back")
     wait_for(lambda: "started-from-image" in instance.stdout_path.read_text())
@@ -314,7 +315,7 @@ def test_localimage_and_conversions(sif_path, tmp_path, start, built_sandboxes):
     # Bootstrap: localimage adds to an image.
     definition = Definition.parse(f"Bootstrap: localimage\nFrom: {sif_path}\n"
                                   "%post\n    echo added > /added\n")
-    layered = Image.build(definition, tmp_path / "layered.sif")
+    layered = build_image(definition, tmp_path / "layered.sif")
     instance = start(layered, "layered")
     assert instance.exec(["cat", "/added"]).stdout == "added\n"
     assert instance.run(["z"]).stdout == "runscript z\n"  # the base's runscript stays
@@ -323,7 +324,7 @@ def test_localimage_and_conversions(sif_path, tmp_path, start, built_sandboxes):
 
 @pytest.mark.parametrize("kind", ["docker-archive", "oci-archive", "oci-layout"])
 def test_oci_images_become_sifs(podman_archives, tmp_path, start, kind):
-    image = Image.build(podman_archives[kind], tmp_path / f"{kind}.sif")
+    image = build_image(podman_archives[kind], tmp_path / f"{kind}.sif")
     assert image.kind == "sif"
     instance = start(image, "oci", run=True, args=["given"])
     wait_for(lambda: "entry given" in instance.stdout_path.read_text())
@@ -337,17 +338,17 @@ def test_oci_bootstrap_agents(podman_archives, tmp_path, start):
     for kind, agent in agent_for.items():
         definition = Definition.parse(f"Bootstrap: {agent}\nFrom: {podman_archives[kind]}\n"
                                       "%post\n    echo $GREETING > /greeting\n")
-        image = Image.build(definition, tmp_path / f"{agent}.sif")
+        image = build_image(definition, tmp_path / f"{agent}.sif")
         instance = start(image, f"agent-{agent}")
         assert instance.exec(["cat", "/greeting"]).stdout == "hello\n"
         assert instance.run([]).stdout == "entry default-arg\n"
         instance.stop()
     wrong = Definition.parse(f"Bootstrap: oci-archive\nFrom: {podman_archives['docker-archive']}\n")
     with pytest.raises(ImageError):
-        Image.build(wrong, tmp_path / "wrong.sif")
+        build_image(wrong, tmp_path / "wrong.sif")
     not_oci = Definition.parse("Bootstrap: docker-archive\nFrom: /etc/hostname\n")
     with pytest.raises(ImageError):
-        Image.build(not_oci, tmp_path / "wrong.sif")
+        build_image(not_oci, tmp_path / "wrong.sif")
     assert not (tmp_path / "wrong.sif").exists()
 
 
@@ -357,7 +358,7 @@ def test_post_owns_files_as_root_inside(tmp_path):
     definition = Definition.parse(
         "Bootstrap: busybox\n%post\n    mkdir /data\n    echo s > /data/secret\n"
         "    chown 1000:2000 /data/secret\n    chmod 600 /data/secret\n    chown 1000 /data\n")
-    image = Image.build(definition, tmp_path / "owners.sif")
+    image = build_image(definition, tmp_path / "owners.sif")
     offset = image.sif.primary_partition().offset
     listing = subprocess.run(["unsquashfs", "-lln", "-o", str(offset), str(image.path)],
                              capture_output=True, text=True, check=True).stdout
@@ -376,7 +377,7 @@ def test_apps_are_installed(tmp_path):
             "%appenv hello\n    export APPVAR=1\n"
             "%apphelp hello\n    Says hello.\n")
     target = tmp_path / "apps"
-    Image.build(Definition.parse(text), target, sandbox=True)
+    build_image(Definition.parse(text), target, sandbox=True)
     try:
         base = target / "scif/apps/hello"
         assert (base / "here").read_text() == "installed\n"
@@ -398,11 +399,11 @@ def test_debootstrap(tmp_path, start):
         "%runscript\n    cat /etc/debian_version\n")
     if not has_host_root():
         with pytest.raises(Unsupported, match="needs root"):
-            Image.build(definition, tmp_path / "debian.sif")
+            build_image(definition, tmp_path / "debian.sif")
         assert list(tmp_path.iterdir()) == []
         return
     assert shutil.which("debootstrap", path="/usr/sbin:/usr/bin"), "scripts/setup installs it"
-    image = Image.build(definition, tmp_path / "debian.sif")
+    image = build_image(definition, tmp_path / "debian.sif")
     instance = start(image, "debian")
     assert instance.run([]).stdout.startswith("12.")  # bookworm, as OSVersion asked
     assert instance.exec(["cat", "/built"]).stdout == "built\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from instancelib import ImageError, ImageMetadata
+from instancelib.build import remove_build_tree
+from instancelib.cli.output import go_json
 from instancelib.image import Image, sif
-from instancelib.image.build import remove_build_tree
-from instancelib.image.inspect import go_json
 
 DEF = """Bootstrap: busybox
 

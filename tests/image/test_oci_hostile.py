@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from instancelib import Image, ImageError, Instance, InstanceRegistry
+from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.image import cache, oci
-from instancelib.image.busybox import make_busybox_rootfs
 from instancelib.linux import pathwalk
 from tests.image.ocihelpers import (
     entry,

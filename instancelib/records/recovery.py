@@ -20,10 +20,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from instancelib.linux import procfs
-from instancelib.records import COPY_NAME, MAX_COPY, RELEASE_WAIT, InstanceRecord, lock_note
+from instancelib.records.record import COPY_NAME, MAX_COPY, RELEASE_WAIT, InstanceRecord, lock_note
 
 if TYPE_CHECKING:
-    from instancelib.recordstore import RecordStore
+    from instancelib.records.store import RecordStore
 
 __all__ = ["holder_gone", "lost_locks", "recover", "recover_all"]
 

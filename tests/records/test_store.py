@@ -211,3 +211,20 @@ def test_cached_record_of_an_ended_process_is_pruned(tmp_path, own_record):
         child.wait()
     assert registry.records() == []
     assert not registry.record_path("a").exists()
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_write_leaves_no_temporary_file(tmp_path, own_record, monkeypatch, failure):
+    registry = InstanceRegistry(tmp_path)
+    registry.claim(own_record("a"))
+
+    def fail(fd: int, data: bytes) -> None:
+        os.write(fd, data[:10])   # part of it reached the temporary file
+        raise failure
+
+    monkeypatch.setattr("instancelib.records.store.write_all", fail)
+    with pytest.raises(RegistryError if isinstance(failure, OSError) else KeyboardInterrupt):
+        registry._write(own_record("a", image="/other"))
+    assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.json",
+                                                                         "a.lock"]
+    assert registry._read("a") == own_record("a")   # the old record, whole

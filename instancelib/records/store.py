@@ -52,10 +52,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from instancelib import recovery
 from instancelib.errors import NameConflict, PermissionDenied, RegistryError
 from instancelib.linux import procfs
-from instancelib.records import (
+from instancelib.records import recovery
+from instancelib.records.record import (
     MAX_COPY,
     NOTE_SIZE,
     RELEASE_WAIT,
@@ -290,9 +290,11 @@ class RecordStore:
             finally:
                 os.close(fd)
             os.rename(temporary, filename, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as err:
+        except BaseException as err:  # an interrupted write (Ctrl-C) leaves no debris either
             with contextlib.suppress(OSError):
                 os.unlink(temporary, dir_fd=dir_fd)
+            if not isinstance(err, OSError):
+                raise
             raise RegistryError(f"cannot write {what}",
                                 path=str(self.instances_dir / filename),
                                 errno=err.errno) from err

@@ -2,7 +2,7 @@
 
 ``InstanceRecord`` is what the registry stores about one instance (the
 fields of Singularity's ``instance list --json`` plus ours, and a schema
-version).  ``NameLock`` is a claimed name (see ``recordstore``);
+version).  ``NameLock`` is a claimed name (see ``records.store``);
 ``record_copy`` makes the sealed in-memory copy of a record that the
 instance's PID 1 keeps, from which a lost record is re-published.
 """

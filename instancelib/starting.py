@@ -1,0 +1,327 @@
+"""Starting an instance: the start transaction and the caller's end of the PID 1 protocol.
+
+The sequence (each step undone, last first, if a later one fails, so a failed
+start leaves nothing behind):
+
+1. claim the name (its lock says "being started");
+2. plan the cgroup and open the logs;
+3. ask the fork-server for a PID 1 (``linux/forkserver.py``), which sets the
+   instance up (``linux/init.py``, ``linux/container.py``) while we name and
+   limit its cgroup;
+4. wait for PID 1's "ready" (the start script has been exec'd);
+5. publish the record, hand PID 1 the name's lock and a sealed copy of its
+   record ("commit": from now on it runs on its own);
+6. with ``ready``, wait until the service answers; write the pid file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal as signals
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from instancelib.cgroups import control as cgroup_control
+from instancelib.cgroups import tree as cgroup_tree
+from instancelib.cgroups.tree import CgroupInfo
+from instancelib.errors import (
+    InstanceError,
+    InvalidArgument,
+    PermissionDenied,
+    StartError,
+    StartTimeout,
+    Unsupported,
+)
+from instancelib.image import Image
+from instancelib.launchplan import LaunchPlan, build_launch_plan, ensure_session_dir
+from instancelib.linux import client, procfs, syscalls, wire
+from instancelib.linux.launch import NAMESPACES
+from instancelib.linux.syscalls import CLONE_NEWUSER
+from instancelib.logs import open_for_append, tail_since
+from instancelib.options import StartOptions
+from instancelib.pidfile import PidFile
+from instancelib.readiness import Probe
+from instancelib.records.directory import InstanceRecords
+from instancelib.records.record import InstanceRecord
+from instancelib.stopping import KILL_GRACE, release_ended
+
+if TYPE_CHECKING:
+    from instancelib.instance import Instance
+
+__all__ = ["Launch", "start_instance"]
+
+log = logging.getLogger("instancelib")
+
+MakeInstance = Callable[[InstanceRecord, InstanceRecords, dict[str, str]], "Instance"]
+
+
+def start_instance(image: Image | str | os.PathLike[str], name: str, options: StartOptions, *,
+                   registry: InstanceRecords | None, make: MakeInstance) -> Instance:
+    """Start ``image`` as ``name`` (see ``Instance.start``); ``make`` builds the Instance."""
+    deadline = time.monotonic() + options.timeout
+    if not isinstance(image, Image):
+        image = Image(image)
+    registry = registry if registry is not None else InstanceRecords(on_ended=release_ended)
+    if registry.owner_uid != os.geteuid():
+        raise PermissionDenied("instances are started in your own registry, not in UID "
+                               f"{registry.owner_uid}'s", name=name)
+    plan = build_launch_plan(image, name, options)
+    if plan.note:
+        log.warning("instance %r: %s", name, plan.note)
+    ensure_session_dir(plan.session_dir)
+    try:
+        pid_target = PidFile(options.pid_file, name) if options.pid_file is not None else None
+        try:
+            return _start_planned(image, name, options, plan=plan, registry=registry,
+                                  deadline=deadline, pid_file=pid_target, make=make)
+        finally:
+            if pid_target is not None:
+                pid_target.close()
+    except InstanceError:
+        raise  # (some are OSErrors too: Timeout, PermissionDenied)
+    except OSError as err:
+        # Whatever the host refused on the way (EMFILE, ENOMEM...): typed, and the
+        # start's own clean-up has already run.
+        raise StartError("cannot start the instance", name=name,
+                         errno=err.errno, path=err.filename) from err
+
+
+def _start_planned(image: Image, name: str, options: StartOptions, *, plan: LaunchPlan,
+                   registry: InstanceRecords, deadline: float, pid_file: PidFile | None,
+                   make: MakeInstance) -> Instance:
+    """The start itself, once every option is checked."""
+    name_lock = registry.claim_name(name)   # the lock itself says "being started"
+    written: list[InstanceRecord | None] = [None]
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(lambda: registry.forget(name, written[-1]))
+        on_failure.callback(name_lock.close)  # before the removal: it frees the name
+        cgroup_plan = cgroup_tree.plan(name, options.limits)
+        # Undone after PID 1 is gone (callbacks run last-registered first).
+        made: list[CgroupInfo] = []
+        on_failure.callback(lambda: [cgroup_control.remove(i, wait=0.5) for i in made])
+        out_path, err_path = registry.log_paths(name)
+        out_fd = open_for_append(registry, name, "out")
+        on_failure.callback(os.close, out_fd)
+        err_fd = open_for_append(registry, name, "err")
+        on_failure.callback(os.close, err_fd)
+        err_offset = os.fstat(err_fd).st_size
+        wire_plan = plan.to_wire()
+        wire_plan["cgroup_bases"] = cgroup_plan.bases() if cgroup_plan else []
+        wire_plan["cgroup_wait"] = cgroup_plan is not None
+        wire_plan["cgroup_roots"] = cgroup_plan.roots() if cgroup_plan else []
+        wire_plan["cgroup_leaf"] = cgroup_plan.leaf if cgroup_plan else None
+        try:
+            launch = Launch.begin(wire_plan, out_fd, err_fd)
+        except (StartError, Unsupported) as err:
+            err.name = name
+            raise
+        on_failure.callback(launch.abort)
+        if cgroup_plan is not None:
+            made.append(cgroup_plan.info(launch.cgroup_leaf or cgroup_plan.leaf))
+        launch.identify()
+        cgroup: CgroupInfo | None = None
+        if cgroup_plan is not None:
+            try:
+                cgroup, to_join = cgroup_tree.adopt(cgroup_plan, launch.cgroup_leaf)
+            except (InvalidArgument, Unsupported, PermissionDenied) as err:
+                err.name = name
+                raise
+            except OSError as err:
+                raise StartError("cannot set up the instance's cgroup", name=name,
+                                 errno=err.errno, path=err.filename) from err
+            launch.cgroup_ready(to_join)
+        try:
+            launch.wait_until_running(deadline)
+        except StartError as err:
+            err.name = name
+            err.detail = err.detail or tail_since(err_path, err_offset)
+            raise
+        for note in launch.notes:
+            log.info("instance %r: %s", name, note)
+        service_pid, service_start = _service_identity(launch.init_pid)
+        record = InstanceRecord(
+            name=name, state="running", pid=launch.init_pid, starttime=launch.starttime,
+            image=image.path, image_kind=image.kind, log_out=str(out_path),
+            log_err=str(err_path), started_at=time.time(), uid=os.getuid(),
+            user=plan.user, cwd=launch.cwd, service_pid=service_pid,
+            service_starttime=service_start,
+            options=options.to_record(),
+            namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
+            loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
+        )
+        written.append(record)
+        registry.publish(record, launch.env, name_lock)
+        # PID 1 keeps the name's lock and a copy of its record for its whole life.
+        launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env))
+        instance = make(record, registry, launch.env)
+        if options.ready is not None:
+            launch.wait_until_ready(instance, options.ready, deadline, err_path, err_offset)
+        if pid_file is not None:
+            pid_file.write(launch.init_pid)
+        on_failure.pop_all()
+    launch.close()
+    name_lock.close()
+    os.close(out_fd)
+    os.close(err_fd)
+    log.debug("instance %r started (pid %d)", name, launch.init_pid)
+    return instance
+
+
+def _service_identity(init_pid: int) -> tuple[int, int]:
+    for pid in procfs.children_of(init_pid):
+        stat = procfs.read_stat(pid)
+        if stat is not None:
+            return pid, stat.starttime
+    return 0, 0
+
+
+class Launch:
+    """The caller's end of one instance start (see ``linux/init.py`` for the other)."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self.init_pid = 0
+        self.starttime = 0
+        self.pidfd = -1
+        self.env: dict[str, str] = {}
+        self.cwd = "/"
+        self.notes: list[str] = []
+        self.loop: str | None = None
+        self.service_status: int | None = None
+        self.cgroup_leaf: str | None = None
+
+    @classmethod
+    def begin(cls, plan: dict[str, Any], out_fd: int, err_fd: int) -> Launch:
+        ours, theirs = client.new_channel()
+        launch = cls(ours)
+        try:
+            reply, fds = client.get_forkserver().request({"op": "start", "plan": plan},
+                                                         [theirs.fileno(), out_fd, err_fd])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if not reply.get("ok") or len(fds) != 1:
+            ours.close()
+            for fd in fds:
+                os.close(fd)
+            error = Unsupported if reply.get("unsupported") else StartError
+            raise error(str(reply.get("message") or reply.get("error") or "launch failed"),
+                        step=reply.get("step"), errno=reply.get("errno"))
+        launch.pidfd = fds[0]
+        leaf = reply.get("cgroup_leaf")
+        launch.cgroup_leaf = str(leaf) if leaf else None
+        launch.init_pid = int(reply["init_pid"])
+        return launch
+
+    def _receive(self, deadline: float) -> dict[str, Any] | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.channel.settimeout(remaining)
+        message, fds = wire.recv_message(self.channel)
+        for fd in fds:
+            os.close(fd)
+        return message
+
+    def wait_until_running(self, deadline: float) -> None:
+        """Wait for PID 1's "ready" report (or its error)."""
+        ready = None
+        while ready is None:
+            try:
+                message = self._receive(deadline)
+            except TimeoutError:
+                raise StartTimeout("the instance did not finish setting up in time") from None
+            if message is None:
+                raise StartError("the instance's PID 1 exited during set-up")
+            event = message.get("event")
+            if event == "ready":
+                ready = message
+            elif event == "error":
+                raise StartError(message.get("message") or "set-up failed",
+                                 step=message.get("step"), errno=message.get("errno"),
+                                 path=message.get("path"))
+        self.env = {str(k): str(v) for k, v in ready["env"].items()}
+        self.cwd = str(ready["cwd"])
+        self.notes = [str(note) for note in ready.get("notes", [])]
+        self.loop = ready.get("loop")
+
+    def identify(self) -> None:
+        """Note the new PID 1's start time; ``self.pidfd`` (from its parent) pins the process."""
+        pid = self.init_pid
+        stat = procfs.read_stat(pid)
+        # Read while the pidfd's process is alive, the stat is surely that process's.
+        if stat is None or not stat.running or procfs.wait_pidfd(self.pidfd, 0):
+            raise StartError("the instance's PID 1 exited during set-up")
+        self.starttime = stat.starttime
+
+    def cgroup_ready(self, procs_files: list[str]) -> None:
+        """Tell PID 1 its cgroup is named and limited (and which parts it must still join)."""
+        wire.send_message(self.channel, {"event": "cgroup", "procs": procs_files})
+
+    def commit(self, name_lock: int, record_copy: int) -> None:
+        """Tell PID 1 the record is on disk: from now on it runs on its own.
+
+        It gets the name's lock and a sealed copy of its record to keep (see
+        ``records.store``); ``record_copy`` is closed here.
+        """
+        try:
+            # Descriptors in flight are held by the kernel: the lock stays taken
+            # until PID 1 has them (a recovery meanwhile waits for that).
+            wire.send_message(self.channel, {"event": "commit"}, [name_lock, record_copy])
+        finally:
+            os.close(record_copy)
+
+    def wait_until_ready(self, instance: Instance, probe: Probe, deadline: float,
+                         err_path: Path, err_offset: int) -> None:
+        delay = 0.002
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.channel, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if probe.check(instance, max(remaining, 0.0)):
+                    return
+                if not instance.is_running():
+                    raise StartError("the instance ended before it was ready", name=instance.name,
+                                     detail=tail_since(err_path, err_offset))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StartTimeout(f"the service was not ready within the timeout "
+                                       f"({probe!r})", name=instance.name,
+                                       detail=tail_since(err_path, err_offset))
+                if selector.select(min(delay, remaining)):
+                    self._note_service_exit(instance, err_path, err_offset)
+                delay = min(delay * 2, 0.1)
+
+    def _note_service_exit(self, instance: Instance, err_path: Path, err_offset: int) -> None:
+        self.channel.settimeout(0.0)
+        try:
+            message, _ = wire.recv_message(self.channel)
+        except (TimeoutError, BlockingIOError):
+            return
+        if message is not None and message.get("event") == "service_exit":
+            status = int(message["status"])
+            if status != 0:
+                raise StartError(f"the service exited with status {status} before it was ready",
+                                 name=instance.name, detail=tail_since(err_path, err_offset))
+
+    def abort(self) -> None:
+        """Kill PID 1 (and so everything in the instance) and wait for it to be gone."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                syscalls.pidfd_send_signal(self.pidfd, signals.SIGKILL)
+            procfs.wait_pidfd(self.pidfd, KILL_GRACE)
+        self.close()
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        self.channel.close()
