@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from instancelib.cgroups import tree, v2
-from instancelib.cli.output import format_binary, format_decimal
 
 PURE_V2 = """\
 25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -102,12 +101,3 @@ def test_cgroup_info_round_trips_and_refuses_paths_outside_our_tree():
         assert tree.CgroupInfo.from_dict(forged) is None, bad
     assert tree.CgroupInfo.from_dict({"v2": 3}) is None
     assert tree.CgroupInfo.from_dict("nonsense") is None
-
-
-@pytest.mark.parametrize(("size", "binary", "decimal"), [
-    (0, "0B", "0B"), (1023, "1023B", "1.02kB"), (1622016, "1.547MiB", "1.62MB"),
-    (64 << 20, "64MiB", "67.1MB"), (8388608, "8MiB", "8.39MB"),
-])
-def test_sizes_print_as_docker_prints_them(size, binary, decimal):
-    assert format_binary(size) == binary
-    assert format_decimal(size) == decimal

@@ -12,7 +12,6 @@ import pytest
 
 from instancelib import ImageError, ImageMetadata
 from instancelib.build import remove_build_tree
-from instancelib.cli.output import go_json
 from instancelib.image import Image, sif
 
 DEF = """Bootstrap: busybox
@@ -101,10 +100,6 @@ def test_metadata_round_trips_through_apptainers_json():
         "labels": {"a": "1"}, "runscript": "#!/bin/sh", "deffile": "Bootstrap: x"}},
         "type": "container"}
     assert ImageMetadata.from_dict(json.loads(json.dumps(document))) == metadata
-
-
-def test_go_json_escapes_like_go():
-    assert go_json({"k": "<a & b>"}) == '{\n\t"k": "\\u003ca \\u0026 b\\u003e"\n}'
 
 
 def test_cli_build_and_inspect(deffile, tmp_path):

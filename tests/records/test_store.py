@@ -222,7 +222,7 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, own_record, monkeypat
         os.write(fd, data[:10])   # part of it reached the temporary file
         raise failure
 
-    monkeypatch.setattr("instancelib.records.store.write_all", fail)
+    monkeypatch.setattr("instancelib.records.files.write_all", fail)
     with pytest.raises(RegistryError if isinstance(failure, OSError) else KeyboardInterrupt):
         registry._write(own_record("a", image="/other"))
     assert sorted(p.name for p in registry.instances_dir.iterdir()) == [".lock", "a.json",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import shutil
 import subprocess
 import sys
@@ -15,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from instancelib import InstanceRegistry
-from instancelib.cli.output import tabulate
 
 
 @pytest.fixture
@@ -75,14 +72,6 @@ def test_list_logs_and_pattern(cli, make_image, start):
     assert lines[1].split() == ["alpha", str(first.pid), str(first.stderr_path)]
     assert lines[2].split() == [str(first.stdout_path)]
     assert len(lines) == 3
-
-
-def test_tabulate_matches_go_tabwriter():
-    rows = [["INSTANCE NAME", "PID", "IP"], ["a", "12345678901", ""]]
-    assert tabulate(rows, ["IMAGE", "/x"]) == (
-        "INSTANCE NAME    PID            IP    IMAGE\n"
-        "a                12345678901          /x\n"
-    )
 
 
 def test_instance_run_uses_the_runscript(cli, make_image, registry):
@@ -169,43 +158,6 @@ def test_ready_option(cli, make_image):
     assert result.returncode == 0, result.stderr
     assert cli("exec", "instance://rd", "test", "-e", "/run/ok").returncode == 0
     assert cli("instance", "start", "--ready", "bogus", image.path, "rd2").returncode == 255
-
-
-def test_shell_on_a_pseudo_terminal(registry, make_image, start):
-    start(make_image(), "sh1")
-    env = dict(os.environ, INSTANCELIB_HOME=str(registry.root), TERM="dumb")
-    pid, master = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "instancelib", "shell",
-                                   "instance://sh1"], env)
-    output = b""
-    typed = False
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.5)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the command exited and closed the terminal
-                break
-            if not chunk:
-                break
-            output += chunk
-            if b"\x1b[6n" in chunk:  # line editing asks where the cursor is: answer
-                os.write(master, b"\x1b[1;1R")
-            if not typed and b"> " in output:
-                os.write(master, b"echo result=$((6*7)); tty; exit 4\r")
-                typed = True
-    finally:
-        if not typed:
-            os.kill(pid, 9)
-        _, status = os.waitpid(pid, 0)
-        os.close(master)
-    assert b"result=42" in output
-    assert b"/dev/pts/" in output  # the shell has a terminal of its own
-    assert os.waitstatus_to_exitcode(status) == 4
 
 
 def test_python_dash_m_and_console_script_agree(cli):
