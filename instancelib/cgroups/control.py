@@ -52,10 +52,14 @@ def live_info(pid: int, uid: int, recorded: CgroupInfo | None = None) -> CgroupI
     v2_dir: str | None = None
     v1_dirs: dict[str, str] = {}
     name = ""
+    leaves: dict[str, bool] = {}  # an instance's lines mostly name one path: check it once
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
-        if not _is_instance_leaf(path, uid):
+        ours = leaves.get(path)
+        if ours is None:
+            ours = leaves[path] = _is_instance_leaf(path, uid)
+        if not ours:
             continue
         if hierarchy == "0" and not controllers:
             if hierarchies.v2_mount and _owned_by(hierarchies.v2_mount + path, uid):
