@@ -22,11 +22,12 @@ Exit status: 0 on success; 255 on an error, with one ``FATAL:`` line on stderr
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
-from instancelib.cli import image_commands, instance_commands
 from instancelib.cli.parser import build_parser
 from instancelib.errors import InstanceError
 from instancelib.registry import InstanceRegistry
@@ -46,18 +47,32 @@ class _Formatter(logging.Formatter):
         return f"{level + ':':<9}{record.getMessage()}"
 
 
-_COMMANDS = {
-    ("instance", "start"): instance_commands.instance_start,
-    ("instance", "run"): instance_commands.instance_start,
-    ("instance", "list"): instance_commands.instance_list,
-    ("instance", "stop"): instance_commands.instance_stop,
-    ("instance", "stats"): instance_commands.instance_stats,
-    ("exec", None): instance_commands.exec_command,
-    ("run", None): instance_commands.run_command,
-    ("shell", None): instance_commands.shell_command,
-    ("sif", None): image_commands.sif_command,
-    ("build", None): image_commands.build_command,
-    ("inspect", None): image_commands.inspect_command,
+def _instance_commands() -> ModuleType:
+    from instancelib.cli import instance_commands  # noqa: PLC0415 (see _COMMANDS)
+
+    return instance_commands
+
+
+def _image_commands() -> ModuleType:
+    from instancelib.cli import image_commands  # noqa: PLC0415 (see _COMMANDS)
+
+    return image_commands
+
+
+# Each verb's module is imported when it runs: `instance list` loads nothing of the
+# image commands (the CLI's start-up is most of a quick command's time).
+_COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = {
+    ("instance", "start"): (_instance_commands, "instance_start"),
+    ("instance", "run"): (_instance_commands, "instance_start"),
+    ("instance", "list"): (_instance_commands, "instance_list"),
+    ("instance", "stop"): (_instance_commands, "instance_stop"),
+    ("instance", "stats"): (_instance_commands, "instance_stats"),
+    ("exec", None): (_instance_commands, "exec_command"),
+    ("run", None): (_instance_commands, "run_command"),
+    ("shell", None): (_instance_commands, "shell_command"),
+    ("sif", None): (_image_commands, "sif_command"),
+    ("build", None): (_image_commands, "build_command"),
+    ("inspect", None): (_image_commands, "inspect_command"),
 }
 
 
@@ -70,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.propagate = False
     log.setLevel(logging.DEBUG if args.debug else logging.ERROR if args.silent
                  else logging.WARNING if args.quiet else logging.INFO)
-    command = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
+    load, function = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
+    command: Callable[[argparse.Namespace, InstanceRegistry], int] = getattr(load(), function)
     try:
         user = getattr(args, "user", None)
         registry = InstanceRegistry(user=user) if user else InstanceRegistry()
