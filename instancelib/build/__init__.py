@@ -1,0 +1,12 @@
+"""Building images: definition files to SIF files or sandboxes, and converting between kinds.
+
+The builder is a client of ``Instance`` (``%post`` and ``%test`` run in an
+instance of the image being built), so it sits above instances; the image
+layer below knows nothing of it.  See ``builder`` for the sequence of steps.
+"""
+
+from instancelib.build.builder import build_image
+from instancelib.build.fakeroot import remove_build_tree
+from instancelib.build.progress import BuildProgress
+
+__all__ = ["BuildProgress", "build_image", "remove_build_tree"]
