@@ -20,6 +20,13 @@ from instancelib import Image, Instance, InstanceRegistry
 from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
 from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups
+from tests.images import (  # noqa: F401 (session fixtures, registered by being imported here)
+    busybox_rootfs,
+    image_dir,
+    podman_archives,
+    sif_path,
+    squashfs_path,
+)
 from tests.users import make_shared, remove_shared
 
 ImageFactory = Callable[..., Image]

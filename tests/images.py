@@ -1,4 +1,5 @@
-"""Images made with the real tools: a busybox SIF (mksquashfs), and podman's archives."""
+"""Images made once per session with the real tools: a busybox SIF (mksquashfs), and
+podman's archives.  ``tests/conftest.py`` registers these fixtures for every test directory."""
 
 from __future__ import annotations
 
