@@ -23,12 +23,9 @@ __all__ = ["InstanceRecord", "InstanceRegistry", "default_root", "validate_name"
 class InstanceRegistry(InstanceRecords):
     """The running instances of one user on this host.
 
-    Args:
-        root: where records and logs live; default ``$INSTANCELIB_HOME`` or
-            ``~/.instancelib`` (for ``user``: that user's ``~/.instancelib``).
-        user: another user's instances (name or UID).  Only root may ask, and
-            must ask explicitly: nothing else ever acts on another user's
-            instances.
+    ``root`` and ``user`` are those of ``InstanceRecords``: where records and
+    logs live (default ``$INSTANCELIB_HOME``, else ``~/.instancelib``), and
+    another user's instances (name or UID; only root may ask, explicitly).
 
     Reading (``list``, ``get``) never blocks on other processes; a record
     whose instance has ended is removed as it is read (with its cgroup).

@@ -268,13 +268,18 @@ def test_a_cpu_quota_throttles(make_image, start):
     instance.stop()
 
 
-@NEEDS_NO_CGROUP
-def test_without_a_cgroup_pause_is_unsupported(make_image, start, tmp_path):
+def _ticking(make_image, start, tmp_path):  # type: ignore[no-untyped-def]
+    """An instance whose service writes the time into ``tmp_path/tick`` 50 times a second."""
     ticker = "#!/bin/sh\nwhile :; do date +%s%N > /tmp/tick; sleep 0.02; done\n"
-    image = make_image(startscript=ticker)
-    instance = start(image, "ticker", binds=[f"{tmp_path}:/tmp"])
+    instance = start(make_image(startscript=ticker), "ticker", binds=[f"{tmp_path}:/tmp"])
     tick = tmp_path / "tick"
     wait_for(tick.exists)
+    return instance, tick
+
+
+@NEEDS_NO_CGROUP
+def test_without_a_cgroup_pause_is_unsupported(make_image, start, tmp_path):
+    instance, _tick = _ticking(make_image, start, tmp_path)
     with pytest.raises(Unsupported, match="cgroup"):
         instance.pause()
     assert not instance.paused
@@ -283,11 +288,7 @@ def test_without_a_cgroup_pause_is_unsupported(make_image, start, tmp_path):
 
 @NEEDS_CGROUP
 def test_pause_and_resume(make_image, start, tmp_path):
-    ticker = "#!/bin/sh\nwhile :; do date +%s%N > /tmp/tick; sleep 0.02; done\n"
-    image = make_image(startscript=ticker)
-    instance = start(image, "ticker", binds=[f"{tmp_path}:/tmp"])
-    tick = tmp_path / "tick"
-    wait_for(tick.exists)
+    instance, tick = _ticking(make_image, start, tmp_path)
     instance.pause()
     assert instance.paused
     frozen_at = tick.read_text()
@@ -416,8 +417,8 @@ def test_the_cgroup_of_an_instance_killed_from_outside_is_removed(make_image, st
                  not (info.v2 and os.path.exists(info.v2)))
 
 
-@NEEDS_NO_CGROUP
-def test_without_a_cgroup_the_cli_refuses_limits(make_image, registry, tmp_path):
+def _cli_start_with_limits(registry, image, tmp_path):  # type: ignore[no-untyped-def]
+    """The CLI bound to ``registry``, and its ``instance start`` of ``image`` with limits."""
     env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
     toml = tmp_path / "limits.toml"
     toml.write_text("[pids]\nlimit = 50\n[memory]\nlimit = 134217728\n")
@@ -426,26 +427,21 @@ def test_without_a_cgroup_the_cli_refuses_limits(make_image, registry, tmp_path)
         return subprocess.run([sys.executable, "-m", "instancelib", *args], env=env,
                               capture_output=True, text=True, timeout=120, check=False)
 
-    image = make_image(startscript=IDLE)
-    started = cli("instance", "start", "--apply-cgroups", str(toml), "--memory", "96M",
-                  image.path, "limited")
+    return cli, cli("instance", "start", "--apply-cgroups", str(toml), "--memory", "96M",
+                    image.path, "limited")
+
+
+@NEEDS_NO_CGROUP
+def test_without_a_cgroup_the_cli_refuses_limits(make_image, registry, tmp_path):
+    _cli, started = _cli_start_with_limits(registry, make_image(startscript=IDLE), tmp_path)
     assert started.returncode == 255 and "cannot enforce" in started.stderr
     assert registry.records() == []
 
 
 @NEEDS_CGROUP
 def test_cli_limits_and_stats(make_image, registry, tmp_path):
-    env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
-    toml = tmp_path / "limits.toml"
-    toml.write_text("[pids]\nlimit = 50\n[memory]\nlimit = 134217728\n")
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "instancelib", *args], env=env,
-                              capture_output=True, text=True, timeout=120, check=False)
-
     image = make_image(startscript=IDLE)
-    started = cli("instance", "start", "--apply-cgroups", str(toml), "--memory", "96M",
-                  image.path, "limited")
+    cli, started = _cli_start_with_limits(registry, image, tmp_path)
     assert started.returncode == 0, started.stderr
     try:
         instance = registry.get("limited")
