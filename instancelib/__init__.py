@@ -34,6 +34,7 @@ from instancelib.errors import Unsupported as Unsupported
 from instancelib.image import Image as Image
 from instancelib.instance import Instance as Instance
 from instancelib.instance import InstanceStatus as InstanceStatus
+from instancelib.network.args import PortMap as PortMap
 from instancelib.process import ExecResult as ExecResult
 from instancelib.process import InstanceProcess as InstanceProcess
 from instancelib.readiness import CommandProbe as CommandProbe
@@ -88,6 +89,7 @@ __all__ = [
     "NameConflict",
     "NotFound",
     "PermissionDenied",
+    "PortMap",
     "RegistryError",
     "StartError",
     "StartTimeout",

@@ -33,6 +33,7 @@ from instancelib.image import Image
 from instancelib.linux import envscripts, pathwalk, procfs, syscalls
 from instancelib.linux.userns import has_host_root
 from instancelib.logs import read_lines
+from instancelib.network.args import PortMap
 from instancelib.options import StartOptions
 from instancelib.process import (
     ExecResult,
@@ -131,6 +132,9 @@ class Instance(metaclass=_NoPublicConstructor):
         timeout: float = 30.0,
         fakeroot: bool = False,
         limits: Limits | None = None,
+        network: str | Sequence[str] | None = None,
+        network_args: str | PortMap | Sequence[str | PortMap] = (),
+        dns: str | Sequence[str] | None = None,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -164,6 +168,13 @@ class Instance(metaclass=_NoPublicConstructor):
                 instance's cgroup.  Root's instances always get a cgroup (for
                 ``stats``, ``pause`` and a complete ``stop``); an ordinary
                 user's get one inside a cgroup v2 subtree delegated to them.
+            network: ``None``, the host's network (Singularity's default);
+                ``"none"``, a network namespace of its own with only ``lo``;
+                or the names of networks to join (``"bridge"``, ``"ptp"``, or
+                one defined in ``$INSTANCELIB_NETWORK_DIR``).
+            network_args: Apptainer's ``[NETWORK:]KEY=VALUE;...`` strings
+                (``portmap=8080:80/tcp``, ``IP=10.22.0.5``) or ``PortMap`` objects.
+            dns: DNS servers: the instance's ``/etc/resolv.conf`` names only them.
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
@@ -180,7 +191,8 @@ class Instance(metaclass=_NoPublicConstructor):
         options = StartOptions(
             args=args, run=run, writable_tmpfs=writable_tmpfs, binds=binds, env=env,
             cleanenv=cleanenv, contain=contain, hostname=hostname, pid_file=pid_file,
-            ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits)
+            ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
+            network_args=network_args, dns=dns)
         return start_instance(image, name, options, registry=registry, make=cls._started)
 
     @classmethod

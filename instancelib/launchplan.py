@@ -22,6 +22,7 @@ from instancelib import environment
 from instancelib.errors import PermissionDenied, StartError
 from instancelib.image import Image, cache
 from instancelib.linux.userns import has_host_root, user_namespace_plan
+from instancelib.network.plan import NetworkPlan, hosts_file, plan_network, resolv_conf
 from instancelib.options import StartOptions
 
 __all__ = [
@@ -46,7 +47,8 @@ SYSTEM_FILE_BINDS = ("/etc/hosts", "/etc/localtime", "/etc/resolv.conf")
 class MountOp:
     """One mount PID 1 performs, in plan order.
 
-    ``op`` is one of ``proc``, ``sysfs``, ``bind``, ``tmpfs``, ``minimal_dev``.
+    ``op`` is one of ``proc``, ``sysfs``, ``bind``, ``tmpfs``, ``minimal_dev``, or
+    ``file``: ``options`` is a file's content, bound read-only onto ``target``.
     """
 
     op: str
@@ -81,6 +83,7 @@ class LaunchPlan:
     timeout: float
     userns: dict[str, Any] | None = None
     note: str | None = None
+    network: NetworkPlan = attrs.field(factory=lambda: NetworkPlan(namespace=False))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class LaunchPlan:
             "timeout": self.timeout,
             "userns": self.userns,
             "note": self.note,
+            "network": self.network.to_wire(),
         }
 
 
@@ -156,7 +160,7 @@ def ensure_session_dir(path: str) -> None:
                                    "not to you", path=directory)
 
 
-def _default_mounts(*, contain: bool, home: str) -> list[MountOp]:
+def _default_mounts(*, contain: bool, home: str, files: dict[str, str]) -> list[MountOp]:
     mounts = [MountOp(op="proc", target="/proc"), MountOp(op="sysfs", target="/sys")]
     if contain:
         mounts.append(MountOp(op="minimal_dev", target="/dev"))
@@ -167,8 +171,11 @@ def _default_mounts(*, contain: bool, home: str) -> list[MountOp]:
         for shared in dict.fromkeys((home, "/tmp", "/var/tmp")):
             mounts.append(MountOp(op="bind", source=shared, target=shared, optional=True))
     for path in SYSTEM_FILE_BINDS:
-        mounts.append(MountOp(op="bind", source=path, target=path, recursive=False,
-                              readonly=True, optional=True))
+        if path in files:  # the instance's own (its DNS servers, its network's names)
+            mounts.append(MountOp(op="file", target=path, options=files[path]))
+        else:
+            mounts.append(MountOp(op="bind", source=path, target=path, recursive=False,
+                                  readonly=True, optional=True))
     return mounts
 
 
@@ -190,7 +197,13 @@ def build_launch_plan(
     home = host.get("HOME") or entry.pw_dir
     overrides = environment.prefixed_overrides(host)
     overrides.update(options.env)
-    mounts = _default_mounts(contain=options.contain, home=home)
+    network = plan_network(options.network, options.network_args)
+    files = {}
+    if options.dns:
+        files["/etc/resolv.conf"] = resolv_conf(options.dns)
+    if network.namespace:
+        files["/etc/hosts"] = hosts_file(options.hostname or name)
+    mounts = _default_mounts(contain=options.contain, home=home, files=files)
     for bind in options.binds:
         if not os.path.exists(bind.source):
             raise StartError(f"bind source {bind.source} does not exist", path=bind.source,
@@ -222,4 +235,5 @@ def build_launch_plan(
         timeout=options.timeout,
         userns=user_namespace,
         note=note,
+        network=network,
     )

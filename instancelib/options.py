@@ -7,8 +7,10 @@ start option is spelled, converted and validated in one place.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -18,6 +20,7 @@ from instancelib.cgroups.limits import Limits
 from instancelib.durations import seconds
 from instancelib.environment import check_args, check_env
 from instancelib.errors import InvalidArgument
+from instancelib.network.args import PortMap, parse_network_args, split_flag_values
 from instancelib.readiness import Probe, as_probe
 
 __all__ = ["StartOptions"]
@@ -52,6 +55,42 @@ def _timeout(value: float) -> float:
     return seconds(value, "timeout")
 
 
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+
+
+def _network(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = split_flag_values(value) if isinstance(value, str) else list(value)
+    if not names or not all(isinstance(n, str) and _NETWORK_NAME.match(n) for n in names):
+        raise InvalidArgument(f"network must be None, 'none', a network name or a list of "
+                              f"them (got {value!r})")
+    if "none" in names and len(names) > 1:
+        raise InvalidArgument("network 'none' cannot be combined with other networks")
+    if len(set(names)) != len(names):
+        raise InvalidArgument(f"a network is joined once (got {names})")
+    return tuple(names)
+
+
+def _network_args(value: str | PortMap | Sequence[str | PortMap]) -> tuple[str | PortMap, ...]:
+    if isinstance(value, (str, PortMap)):
+        return (value,)
+    return tuple(value)
+
+
+def _dns(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    servers = split_flag_values(value) if isinstance(value, str) else list(value)
+    checked = []
+    for server in servers:
+        try:
+            checked.append(str(ipaddress.ip_address(str(server).strip())))
+        except ValueError:
+            raise InvalidArgument(f"dns: not an IP address: {server!r}") from None
+    return tuple(checked)
+
+
 @attrs.frozen(kw_only=True)
 class StartOptions:
     """How to start an instance (see ``Instance.start`` for each option).
@@ -73,13 +112,27 @@ class StartOptions:
     timeout: float = attrs.field(default=30.0, converter=_timeout)
     fakeroot: bool = attrs.field(default=False, converter=bool)
     limits: Limits | None = attrs.field(default=None, converter=_limits)
+    network: tuple[str, ...] | None = attrs.field(default=None, converter=_network)
+    network_args: tuple[str | PortMap, ...] = attrs.field(default=(), converter=_network_args)
+    dns: tuple[str, ...] = attrs.field(default=(), converter=_dns)
+
+    def __attrs_post_init__(self) -> None:
+        if self.network_args and self.network in (None, ("none",)):
+            has = "no network" if self.network else "the host's network"
+            raise InvalidArgument(f"network_args need a network to apply to (network=...); "
+                                  f"this instance has {has}")
+        parse_network_args(self.network_args, list(self.network or ()))
 
     def to_record(self) -> dict[str, Any]:
         """The options an instance's record keeps (``Instance.options``)."""
         return {"run": self.run, "args": list(self.args), "writable_tmpfs": self.writable_tmpfs,
                 "contain": self.contain, "hostname": self.hostname,
                 "binds": [str(b) for b in self.binds], "fakeroot": self.fakeroot,
-                "limits": self.limits.to_dict() if self.limits else {}}
+                "limits": self.limits.to_dict() if self.limits else {},
+                "network": list(self.network) if self.network is not None else None,
+                "network_args": [str(a) if isinstance(a, str) else f"portmap={a}"
+                                 for a in self.network_args],
+                "dns": list(self.dns)}
 
     def arguments(self) -> dict[str, Any]:
         """The options as ``Instance.start`` keyword arguments."""

@@ -42,7 +42,7 @@ from instancelib.image import Image
 from instancelib.launchplan import LaunchPlan, build_launch_plan, ensure_session_dir
 from instancelib.linux import client, procfs, syscalls, wire
 from instancelib.linux.launch import NAMESPACES
-from instancelib.linux.syscalls import CLONE_NEWUSER
+from instancelib.linux.syscalls import CLONE_NEWNET, CLONE_NEWUSER
 from instancelib.logs import open_for_append, tail_since
 from instancelib.options import StartOptions
 from instancelib.pidfile import PidFile
@@ -152,7 +152,8 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             user=plan.user, cwd=launch.cwd, service_pid=service_pid,
             service_starttime=service_start,
             options=options.to_record(),
-            namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0),
+            namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0)
+            | (CLONE_NEWNET if plan.network.namespace else 0),
             loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
         )
         written.append(record)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from instancelib import Bind, InvalidArgument, Limits, TcpProbe
+from instancelib import Bind, InvalidArgument, Limits, PortMap, TcpProbe
 from instancelib.options import StartOptions
 from instancelib.readiness import CommandProbe
 
@@ -55,7 +55,17 @@ def test_the_record_keeps_what_instance_options_shows():
                            limits=Limits(pids_limit=3), env={"SECRET": "not recorded"})
     assert options.to_record() == {
         "run": True, "args": ["x"], "writable_tmpfs": False, "contain": False, "hostname": "h",
-        "binds": ["/a:/b:rw"], "fakeroot": True, "limits": {"pids_limit": 3}}
+        "binds": ["/a:/b:rw"], "fakeroot": True, "limits": {"pids_limit": 3},
+        "network": None, "network_args": [], "dns": []}
+
+
+def test_network_options_are_recorded():
+    options = StartOptions(network="bridge,ptp", dns="192.0.2.1",
+                           network_args=["ptp:IP=10.23.0.9", PortMap(host=80, container=8080)])
+    assert options.network == ("bridge", "ptp")
+    recorded = options.to_record()
+    assert recorded["network"] == ["bridge", "ptp"] and recorded["dns"] == ["192.0.2.1"]
+    assert recorded["network_args"] == ["ptp:IP=10.23.0.9", "portmap=80:8080/tcp"]
 
 
 def test_the_arguments_rebuild_the_same_options():

@@ -10,6 +10,7 @@ import attrs
 
 from instancelib.cgroups.limits import Limits
 from instancelib.errors import InvalidArgument
+from instancelib.network.args import split_flag_values
 from instancelib.options import StartOptions
 from instancelib.readiness import CommandProbe, FileProbe, Probe, TcpProbe
 
@@ -130,6 +131,18 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-file", action="append", default=[], metavar="FILE",
                         help="read NAME=VALUE lines from FILE")
     parser.add_argument("--hostname", help="hostname inside the instance")
+    parser.add_argument("-n", "--net", action="store_true",
+                        help="a network namespace of its own, on the networks of --network "
+                             "(default: bridge)")
+    parser.add_argument("--network", metavar="NAMES",
+                        help="networks to join, comma-separated (none, bridge, ptp, or one "
+                             "defined in $INSTANCELIB_NETWORK_DIR); implies --net")
+    parser.add_argument("--network-args", action="append", default=[], metavar="ARGS",
+                        help="[NETWORK:]KEY=VALUE;... (portmap=HOST[:CONTAINER]/tcp|udp, "
+                             "IP=ADDRESS); repeatable, comma-separated; implies --net")
+    parser.add_argument("--dns", metavar="SERVERS",
+                        help="DNS servers, comma-separated: the instance's resolv.conf "
+                             "names only them")
     parser.add_argument("--pid-file", help="write the instance's PID to this file")
     parser.add_argument("--writable-tmpfs", action="store_true",
                         help="writable root on a tmpfs overlay, discarded at stop")
@@ -257,4 +270,15 @@ def start_options(args: argparse.Namespace) -> StartOptions:
         binds=args.bind, env=parse_env(args.env, args.env_file), cleanenv=args.cleanenv,
         contain=args.contain, hostname=args.hostname, pid_file=args.pid_file,
         ready=parse_ready(args.ready), timeout=args.timeout, fakeroot=args.fakeroot,
-        limits=parse_limits(args))
+        limits=parse_limits(args), network=_networks(args), network_args=[
+            value for flag in args.network_args for value in split_flag_values(flag)],
+        dns=args.dns)
+
+
+def _networks(args: argparse.Namespace) -> list[str] | None:
+    """As Apptainer: ``--network`` and ``--network-args`` imply ``--net``; ``--net`` is bridge."""
+    if args.network is not None:
+        return split_flag_values(args.network)
+    if args.net or args.network_args:
+        return ["bridge"]
+    return None

@@ -23,6 +23,7 @@ Only the standard library is imported.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -105,6 +106,7 @@ def setup_container(plan: dict[str, Any]) -> dict[str, Any]:
     session = plan["session_dir"]
     make_mounts_slave()
     mount_session(session, plan["session_size"])
+    plan = {**plan, "mounts": _write_files(plan["mounts"], os.path.join(session, "layers"))}
     root = os.path.join(session, "root")
     root_fd = mount_root(plan, session, root, report)
     try:
@@ -117,6 +119,34 @@ def setup_container(plan: dict[str, Any]) -> dict[str, Any]:
     finally:
         os.close(root_fd)
     return report
+
+
+def _write_files(mounts: list[dict[str, Any]], layers: str) -> list[dict[str, Any]]:
+    """Turn each ``file`` operation into a read-only bind of a file written here.
+
+    The files (a ``resolv.conf`` of the instance's DNS servers, its
+    ``/etc/hosts``) live on the session's layers tmpfs, in this mount
+    namespace only.
+    """
+    result = []
+    for index, op in enumerate(mounts):
+        if op["op"] != "file":
+            result.append(op)
+            continue
+        directory = os.path.join(layers, "files")
+        path = os.path.join(directory, f"{index}-{os.path.basename(op['target'])}")
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(descriptor, str(op.get("options") or "").encode())
+            finally:
+                os.close(descriptor)
+        except OSError as err:
+            raise _step(f"write {op['target']}", op["target"])(err) from err
+        result.append({**op, "op": "bind", "source": path, "recursive": False,
+                       "readonly": True, "optional": False, "options": None})
+    return result
 
 
 def make_mounts_slave() -> None:
@@ -326,7 +356,8 @@ def _open_target(root_fd: int, root: str, op: dict[str, Any], writable: bool) ->
         canonical, exists = pathwalk.resolve_in_root(root, target)
         if not exists:
             if not writable:
-                raise FileNotFoundError(2, "mount point does not exist in the image", target)
+                raise FileNotFoundError(errno.ENOENT, "mount point does not exist in the image",
+                                        target)
             pathwalk.create_in_root(root_fd, canonical, directory=_target_is_dir(op))
         return pathwalk.open_in_root(root_fd, canonical)
     except OSError as err:
@@ -342,7 +373,7 @@ def apply_mount(root_fd: int, root: str, op: dict[str, Any], *, writable: bool,
         if op.get("optional"):
             return
         raise SetupError(f"bind {op['source']} to {target}", "bind source does not exist",
-                         errno=2, path=op["source"])
+                         errno=errno.ENOENT, path=op["source"])
     fd = _open_target(root_fd, root, op, writable)
     try:
         if kind == "proc":

@@ -39,7 +39,7 @@ import signal
 import socket
 from typing import Any
 
-from instancelib.linux import cgroupdirs, container, envscripts, procfs, syscalls, wire
+from instancelib.linux import cgroupdirs, container, envscripts, netns, procfs, syscalls, wire
 
 __all__ = ["run_init", "run_spare"]
 
@@ -88,6 +88,12 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             except OSError as err:
                 raise container.SetupError("unshare the mount namespace", err.strerror or "",
                                            errno=err.errno) from err
+            if (plan.get("network") or {}).get("namespace"):
+                try:
+                    netns.enter_new_network_namespace()
+                except OSError as err:
+                    raise container.SetupError("make the network namespace",
+                                               err.strerror or "", errno=err.errno) from err
             # The plan's note changes what works inside (fakeroot without a
             # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):

@@ -22,6 +22,7 @@ Only the standard library is imported.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -125,10 +126,11 @@ def become_owner(pidfd: int, pid: int, uid: int) -> None:
     """
     ids = procfs.credentials(pid)
     if ids is None or procfs.wait_pidfd(pidfd, 0):
-        raise ProcessLookupError(3, "the instance ended")
+        raise ProcessLookupError(errno.ESRCH, "the instance ended")
     owner, group = ids
     if owner != uid:
-        raise PermissionError(1, f"the instance's PID 1 belongs to UID {owner}, not {uid}")
+        raise PermissionError(errno.EPERM,
+                              f"the instance's PID 1 belongs to UID {owner}, not {uid}")
     os.setgroups([])
     os.setresgid(group, group, group)
     os.setresuid(owner, owner, owner)
@@ -140,7 +142,7 @@ def join_namespaces(pidfd: int, pid: int, flags: int) -> None:
         syscalls.setns(pidfd, flags)  # Linux >= 5.8: all at once, atomically
         return
     except OSError as err:
-        if err.errno != 22:  # EINVAL: a kernel without setns(pidfd)
+        if err.errno != errno.EINVAL:  # a kernel without setns(pidfd)
             raise
     fds = []
     try:
@@ -150,7 +152,7 @@ def join_namespaces(pidfd: int, pid: int, flags: int) -> None:
         # The pidfd was verified before these opens: if its process is still
         # running now, the files above belong to that same process.
         if procfs.wait_pidfd(pidfd, 0):
-            raise ProcessLookupError(3, "the instance ended")
+            raise ProcessLookupError(errno.ESRCH, "the instance ended")
         for fd in fds:
             syscalls.setns(fd, 0)
     finally:

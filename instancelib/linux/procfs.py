@@ -16,6 +16,7 @@ Only the standard library is imported: the fork-server uses this module.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 
@@ -112,16 +113,17 @@ def open_verified_pidfd(pid: int, starttime: int, *, uid: int | None = None,
             another process (or owner) now.
     """
     if pid <= 1:
-        raise ProcessLookupError(3, f"refusing PID {pid}")
+        raise ProcessLookupError(errno.ESRCH, f"refusing PID {pid}")
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        raise ProcessLookupError(3, f"process {pid} has ended") from None
+        raise ProcessLookupError(errno.ESRCH, f"process {pid} has ended") from None
     stat = read_stat(pid, owner=uid is not None)
     if (stat is None or not stat.running or stat.starttime != starttime
             or (uid is not None and stat.uid != uid) or (init and stat.comm != INIT_COMM)):
         os.close(fd)
-        raise ProcessLookupError(3, f"process {pid} has ended (or is not the instance now)")
+        raise ProcessLookupError(errno.ESRCH,
+                                 f"process {pid} has ended (or is not the instance now)")
     return fd
 
 
