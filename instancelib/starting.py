@@ -44,6 +44,7 @@ from instancelib.linux import client, procfs, syscalls, wire
 from instancelib.linux.launch import NAMESPACES
 from instancelib.linux.syscalls import CLONE_NEWNET, CLONE_NEWUSER
 from instancelib.logs import open_for_append, tail_since
+from instancelib.network import attach as network_attach
 from instancelib.options import StartOptions
 from instancelib.pidfile import PidFile
 from instancelib.readiness import Probe
@@ -101,6 +102,10 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
     with contextlib.ExitStack() as on_failure:
         on_failure.callback(lambda: registry.forget(name, written[-1]))
         on_failure.callback(name_lock.close)  # before the removal: it frees the name
+        # Addresses first: a requested address that is taken fails before anything starts.
+        attachments = network_attach.allocate(plan.network, name)
+        holders: list[tuple[int, int, str] | None] = [None]  # PID 1, once it holds them
+        on_failure.callback(lambda: network_attach.release(attachments, holders[-1]))
         cgroup_plan = cgroup_tree.plan(name, options.limits)
         # Undone after PID 1 is gone (callbacks run last-registered first).
         made: list[CgroupInfo] = []
@@ -136,6 +141,17 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
                 raise StartError("cannot set up the instance's cgroup", name=name,
                                  errno=err.errno, path=err.filename) from err
             launch.cgroup_ready(to_join)
+        if attachments:
+            try:
+                netns_fd = launch.wait_for_netns(deadline)
+                try:
+                    network_attach.attach(attachments, netns_fd, name)
+                finally:
+                    os.close(netns_fd)
+            except StartError as err:
+                err.name = name
+                raise
+            launch.network_ready([a.for_pid1() for a in attachments])
         try:
             launch.wait_until_running(deadline)
         except StartError as err:
@@ -155,11 +171,16 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             namespaces=NAMESPACES | (CLONE_NEWUSER if plan.userns is not None else 0)
             | (CLONE_NEWNET if plan.network.namespace else 0),
             loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
+            ip=str(attachments[0].address) if attachments else "",
+            interfaces=[a.to_record() for a in attachments],
         )
         written.append(record)
         registry.publish(record, launch.env, name_lock)
         # PID 1 keeps the name's lock and a copy of its record for its whole life.
         launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env))
+        if attachments:
+            holders.append((launch.init_pid, launch.starttime, name))
+            network_attach.hand_over(attachments, (launch.init_pid, launch.starttime, name))
         instance = make(record, registry, launch.env)
         if options.ready is not None:
             launch.wait_until_ready(instance, options.ready, deadline, err_path, err_offset)
@@ -262,6 +283,31 @@ class Launch:
         if stat is None or not stat.running or procfs.wait_pidfd(self.pidfd, 0):
             raise StartError("the instance's PID 1 exited during set-up")
         self.starttime = stat.starttime
+
+    def wait_for_netns(self, deadline: float) -> int:
+        """PID 1's network namespace, as a descriptor (it sends it once it has made it)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StartTimeout("the instance did not finish setting up in time")
+        self.channel.settimeout(remaining)
+        try:
+            message, fds = wire.recv_message(self.channel)
+        except TimeoutError:
+            raise StartTimeout("the instance did not make its network namespace in time") \
+                from None
+        if message is not None and message.get("event") == "netns" and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        if message is not None and message.get("event") == "error":
+            raise StartError(message.get("message") or "set-up failed",
+                             step=message.get("step"), errno=message.get("errno"),
+                             path=message.get("path"))
+        raise StartError("the instance's PID 1 exited during set-up")
+
+    def network_ready(self, interfaces: list[dict[str, Any]]) -> None:
+        """Tell PID 1 its interfaces exist: it addresses and routes them, then goes on."""
+        wire.send_message(self.channel, {"event": "network", "interfaces": interfaces})
 
     def cgroup_ready(self, procs_files: list[str]) -> None:
         """Tell PID 1 its cgroup is named and limited (and which parts it must still join)."""

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal as signals
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from instancelib.durations import seconds
 from instancelib.errors import NotFound, PermissionDenied, Timeout, Unsupported
 from instancelib.linux import procfs, syscalls
 from instancelib.linux.userns import has_host_root
+from instancelib.network import attach as network_attach
 from instancelib.process import check_signal
 from instancelib.records.record import InstanceRecord
 
@@ -39,6 +41,7 @@ log = logging.getLogger("instancelib")
 
 KILL_GRACE = 10.0  # how long SIGKILL of PID 1 may take to empty the namespace
 _LOOP_RELEASE = 2.0  # how long a stopped instance's loop device may take to detach
+_VETH_RELEASE = 2.0  # how long its network namespace (and veths) may take to go
 
 
 def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGINT,
@@ -99,6 +102,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
         cgroup_control.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
+    _wait_for_veths([i for i, _ in pidfds])
 
 
 def release_ended(record: InstanceRecord) -> None:
@@ -109,6 +113,12 @@ def release_ended(record: InstanceRecord) -> None:
     """
     if record.cgroup is not None and (has_host_root() or record.uid == os.geteuid()):
         cgroup_control.remove_dead(record.cgroup, record.uid)
+    if record.interfaces and record.uid == os.geteuid():
+        # Its veths went with its network namespace; its addresses are freed here
+        # (only where that PID 1 still holds them: the holder is taken from the
+        # allocation, never from the record alone).
+        network_attach.release_recorded(record.interfaces,
+                                        (record.pid, record.starttime, record.name))
 
 
 def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:
@@ -130,6 +140,32 @@ def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:
             time.sleep(0.001)
     if devices:
         log.debug("loop devices still attached after stop (shared?): %s", sorted(devices))
+
+
+def _wait_for_veths(stopped: Sequence[Instance]) -> None:
+    """Return once the host ends of the stopped instances' veths are gone.
+
+    The kernel deletes them with the instance's network namespace, which it
+    tears down shortly after PID 1 has exited.
+    """
+    links = {str(i["host_ifname"]) for s in stopped for i in s.record.interfaces
+             if i.get("host_ifname")}
+    deadline = time.monotonic() + _VETH_RELEASE
+    while links and time.monotonic() < deadline:
+        links = {link for link in links if _link_exists(link)}
+        if links:
+            time.sleep(0.001)
+    if links:
+        log.warning("network links still present after stop: %s", sorted(links))
+
+
+def _link_exists(name: str) -> bool:
+    """Whether this process's network namespace has the link (sysfs may show another's)."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _loop_attached(device: str) -> bool:

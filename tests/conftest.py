@@ -9,6 +9,7 @@ no instance process may remain and the host's mount table must be as it was.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,13 @@ import pytest
 from instancelib import Image, Instance, InstanceRegistry
 from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
-from tests.helpers import host_mounts, instance_processes, loop_devices, our_cgroups
+from tests.helpers import (
+    host_mounts,
+    instance_processes,
+    loop_devices,
+    network_links,
+    our_cgroups,
+)
 from tests.images import (  # noqa: F401 (session fixtures, registered by being imported here)
     busybox_rootfs,
     image_dir,
@@ -33,8 +40,12 @@ ImageFactory = Callable[..., Image]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind() -> Iterator[None]:
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Address allocations of every test go to a directory of the session's own,
+    # never to root's shared /run/instancelib/networks.
+    os.environ["INSTANCELIB_NETWORK_STATE"] = str(tmp_path_factory.mktemp("network-state"))
     processes_before = instance_processes()
+    links_before = network_links()
     mounts_before = host_mounts()
     loops_before = loop_devices()
     cgroups_before = our_cgroups()
@@ -48,6 +59,8 @@ def nothing_left_behind() -> Iterator[None]:
     assert not leftover, f"instance processes left running: {sorted(leftover)}"
     assert host_mounts() == mounts_before, "the host's mount table changed"
     assert loop_devices() - loops_before == set(), "loop devices left attached"
+    # Bridges and veths are made only in network namespaces the tests make themselves.
+    assert network_links() - links_before == set(), "network links added to the host"
     # The fork-servers remove their spares' cgroups as they exit: give them a moment.
     leftover_cgroups = our_cgroups() - cgroups_before
     while leftover_cgroups and time.monotonic() < deadline + 3:

@@ -131,3 +131,9 @@ def instance_pids(instance: Any) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def network_links() -> set[str]:
+    """The network interfaces of this process's network namespace."""
+    with open("/proc/net/dev") as f:
+        return {line.split(":")[0].strip() for line in f.readlines()[2:]}

@@ -88,12 +88,9 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             except OSError as err:
                 raise container.SetupError("unshare the mount namespace", err.strerror or "",
                                            errno=err.errno) from err
-            if (plan.get("network") or {}).get("namespace"):
-                try:
-                    netns.enter_new_network_namespace()
-                except OSError as err:
-                    raise container.SetupError("make the network namespace",
-                                               err.strerror or "", errno=err.errno) from err
+            network = plan.get("network") or {}
+            if network.get("namespace"):
+                _enter_network_namespace(channel, bool(network.get("interfaces")))
             # The plan's note changes what works inside (fakeroot without a
             # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):
@@ -107,6 +104,10 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                 _await_cgroup(channel, roots)
             for fd in roots.values():
                 os.close(fd)
+            if network.get("interfaces"):
+                # The service never sees a half-made network: the host side has made
+                # the interfaces; we address and route them before anything runs.
+                _await_network(channel)
             env = _compute_environment(plan, out_fd, err_fd)
             cwd = _choose_cwd(plan["cwd"])
             service = _spawn_service(plan, env, cwd, out_fd, err_fd)
@@ -153,6 +154,43 @@ def _open_cgroup_roots(paths: Any) -> dict[str, int]:
             raise container.SetupError("open the cgroup hierarchies", err.strerror or str(err),
                                        errno=err.errno, path=path) from err
     return roots
+
+
+_LINKS: list[str] = []  # the interfaces the host side gave us (deleted as we leave)
+
+
+def _enter_network_namespace(channel: socket.socket, interfaces: bool) -> None:
+    """A network namespace of our own (``lo`` up); with ``interfaces``, hand it to the caller.
+
+    The caller's side makes the veth pairs with their inner ends in it (it
+    gets the namespace as a descriptor: our PID may not be in its view).
+    """
+    try:
+        netns.enter_new_network_namespace()
+    except OSError as err:
+        raise container.SetupError("make the network namespace", err.strerror or "",
+                                   errno=err.errno) from err
+    if interfaces:
+        fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            wire.send_message(channel, {"event": "netns"}, [fd])
+        finally:
+            os.close(fd)
+
+
+def _await_network(channel: socket.socket) -> None:
+    message, fds = wire.recv_message(channel)
+    for fd in fds:
+        os.close(fd)
+    if message is None or message.get("event") != "network":
+        os._exit(1)  # the caller gave up (or is gone) before the instance ran anything
+    for interface in message.get("interfaces") or []:
+        _LINKS.append(str(interface.get("ifname")))
+        try:
+            netns.configure([interface])
+        except OSError as err:
+            raise container.SetupError(f"configure {interface.get('ifname')}",
+                                       err.strerror or str(err), errno=err.errno) from err
 
 
 def _await_cgroup(channel: socket.socket, roots: dict[str, int]) -> None:
@@ -347,13 +385,22 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
                                                 "status": exited[service]})
             service = None
         if stopping and stop_with_service and service is None:
-            os._exit(0)  # the kernel ends whatever else is left (jobs ignoring SIGINT)
+            _leave()  # the kernel ends whatever else is left (jobs ignoring SIGINT)
         if stopping and not children_left:
             # No service: exit once no process is left, commands run by exec included
             # (they are not our children: their exit does not wake us, hence the poll).
             if not _others_alive(helpers):
-                os._exit(0)
+                _leave()
             linger = _LINGER_POLL_MS
+
+
+def _leave() -> None:
+    """Exit after a stop.  Our veths go first: deleting an inner end deletes its pair at
+    once, where the kernel's tear-down of the namespace would take it later."""
+    for link in _LINKS:
+        with contextlib.suppress(OSError):
+            netns.delete_link(link)
+    os._exit(0)
 
 
 def _others_alive(helpers: set[int]) -> bool:

@@ -3,18 +3,25 @@
 PID 1 unshares the namespace itself, before it builds the root filesystem,
 so nothing of the instance ever runs in the host's network; a new
 namespace has only ``lo``, down, which is brought up here (an ``ioctl`` on
-``struct ifreq``: 16 bytes of name, then the flags).
+``struct ifreq``: 16 bytes of name, then the flags).  The interfaces the host
+side moves in (the inner end of a veth, already named ``eth0``...) are
+addressed and routed by PID 1 too, with two rtnetlink requests of its own:
+no netlink library runs in PID 1.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import os
 import socket
 import struct
+from typing import Any
 
 from instancelib.linux import syscalls
 
-__all__ = ["bring_up", "enter_new_network_namespace"]
+__all__ = ["add_address", "add_route", "bring_up", "configure", "delete_link",
+           "enter_new_network_namespace"]
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -35,3 +42,85 @@ def bring_up(name: str) -> None:
         _, flags = _IFREQ.unpack(fcntl.ioctl(sock, _SIOCGIFFLAGS, request))
         if not flags & _IFF_UP:
             fcntl.ioctl(sock, _SIOCSIFFLAGS, _IFREQ.pack(name.encode(), flags | _IFF_UP))
+
+
+# rtnetlink (rtnetlink(7)): the two messages PID 1 sends inside its own namespace.
+_NETLINK_ROUTE = 0
+_RTM_DELLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _NLMSG_ERROR = 17, 20, 24, 2
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
+_RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
+_NLMSGHDR = struct.Struct("=IHHII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_IFINFOMSG = struct.Struct("=BxHiII")
+_RTATTR = struct.Struct("=HH")
+
+
+def _attribute(kind: int, payload: bytes) -> bytes:
+    length = _RTATTR.size + len(payload)
+    return _RTATTR.pack(length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def _request(kind: int, body: bytes, *, create: bool = True) -> None:
+    """Send one rtnetlink request and wait for its acknowledgement (an ``OSError`` if refused)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       _NETLINK_ROUTE) as sock:
+        sock.bind((0, 0))
+        flags = _NLM_F_REQUEST | _NLM_F_ACK | (_NLM_F_CREATE | _NLM_F_EXCL if create else 0)
+        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, 1, 0) + body)
+        reply = sock.recv(65536)
+    while reply:
+        length, message_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(reply)
+        if message_type == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
+            if code:
+                raise OSError(-code, os.strerror(-code))
+            return
+        reply = reply[max(length, _NLMSGHDR.size):]
+    raise OSError(errno.EPROTO, "no acknowledgement from the kernel")
+
+
+def add_address(interface: str, address: str, prefix: int) -> None:
+    """Give ``interface`` the IPv4 ``address``/``prefix`` (``ip addr add``)."""
+    index = socket.if_nametoindex(interface)
+    packed = socket.inet_aton(address)
+    body = _IFADDRMSG.pack(socket.AF_INET, prefix, 0, _RT_SCOPE_UNIVERSE, index)
+    _request(_RTM_NEWADDR, body + _attribute(_IFA_LOCAL, packed)
+             + _attribute(_IFA_ADDRESS, packed))
+
+
+def add_route(interface: str, destination: str, prefix: int, gateway: str) -> None:
+    """Route ``destination``/``prefix`` through ``gateway`` on ``interface`` (``ip route add``)."""
+    index = socket.if_nametoindex(interface)
+    body = _RTMSG.pack(socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT,
+                       _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0)
+    if prefix:
+        body += _attribute(_RTA_DST, socket.inet_aton(destination))
+    body += _attribute(_RTA_GATEWAY, socket.inet_aton(gateway))
+    body += _attribute(_RTA_OIF, struct.pack("=i", index))
+    _request(_RTM_NEWROUTE, body)
+
+
+def delete_link(interface: str) -> None:
+    """Delete ``interface`` (a veth's inner end: its host end goes at once with it)."""
+    try:
+        index = socket.if_nametoindex(interface)
+    except OSError:
+        return
+    _request(_RTM_DELLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0), create=False)
+
+
+def configure(interfaces: list[dict[str, Any]]) -> None:
+    """Address, bring up and route each interface the host side moved into our namespace.
+
+    Each item: ``ifname``, ``address``, ``prefix``, ``gateway``, ``routes``
+    (``[destination, prefix]`` pairs through the gateway).
+    """
+    for interface in interfaces:
+        name = str(interface["ifname"])
+        add_address(name, str(interface["address"]), int(interface["prefix"]))
+        bring_up(name)
+        for destination, prefix in interface.get("routes") or []:
+            add_route(name, str(destination), int(prefix), str(interface["gateway"]))

@@ -31,7 +31,14 @@ Holder = tuple[int, int, str]
 
 
 def state_root() -> Path:
-    """Where networks keep their allocations: /run for root, the runtime directory else."""
+    """Where networks keep their allocations: /run for root, the runtime directory else.
+
+    ``$INSTANCELIB_NETWORK_STATE`` overrides it (tests running in a network
+    namespace of their own keep their allocations apart this way).
+    """
+    configured = os.environ.get("INSTANCELIB_NETWORK_STATE")
+    if configured:
+        return Path(configured)
     if has_host_root():
         return Path("/run/instancelib/networks")
     runtime = os.environ.get("XDG_RUNTIME_DIR")
@@ -46,6 +53,13 @@ class Allocator:
     def __init__(self, network: Network, root: Path | None = None) -> None:
         self.network = network
         self.directory = (root or state_root()) / network.name
+
+    @classmethod
+    def named(cls, name: str, root: Path | None = None) -> Allocator:
+        """An allocator for releasing only (a record names its network, not its range)."""
+        allocator = cls.__new__(cls)
+        allocator.directory = (root or state_root()) / name
+        return allocator
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

@@ -48,11 +48,16 @@ def plan_network(network: Sequence[str] | None,
         return NetworkPlan(namespace=True)
     networks = tuple(load_network(name) for name in network)
     args = parse_network_args(network_args, [n.name for n in networks])
-    first = networks[0]
-    raise Unsupported(f"network {first.name!r} ({first.kind}, from {first.source}): this "
-                      "version of instancelib makes no veth interfaces yet; use "
-                      f"network='none' for a namespace of the instance's own ({len(args)} "
-                      "network(s) planned)")
+    for joined in networks:
+        if joined.kind != "bridge":
+            raise Unsupported(f"network {joined.name!r} ({joined.kind}, from "
+                              f"{joined.source}): this version of instancelib joins bridge "
+                              "networks only")
+    for name, asked in args.items():
+        if asked.port_maps:
+            raise Unsupported(f"network {name!r}: port maps are not made by this version of "
+                              f"instancelib ({', '.join(map(str, asked.port_maps))})")
+    return NetworkPlan(namespace=True, networks=networks, args=args)
 
 
 def hosts_file(hostname: str) -> str:

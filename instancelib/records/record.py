@@ -82,6 +82,7 @@ class InstanceRecord:
     loop: str | None = None
     cgroup: dict[str, Any] | None = None
     netns: str | None = None
+    interfaces: list[dict[str, Any]] = attrs.field(factory=list)
 
     def __attrs_post_init__(self) -> None:
         # One check for all fields (not one validator each): records are
@@ -130,6 +131,7 @@ class InstanceRecord:
             "loop": self.loop,
             "cgroup": self.cgroup,
             "netns": self.netns,
+            "interfaces": self.interfaces,
         }
 
     @classmethod
@@ -150,10 +152,18 @@ class InstanceRecord:
                 service_starttime=_int(data["serviceStarttime"]),
                 options=dict(data["options"]), namespaces=_int(data["namespaces"]),
                 loop=data["loop"], cgroup=_optional_dict(data["cgroup"]),
-                netns=data["netns"],
+                netns=data["netns"], interfaces=_interfaces(data.get("interfaces")),
             )
         except (KeyError, TypeError, InvalidName) as err:
             raise ValueError(f"malformed record: {err}") from err
+
+
+def _interfaces(value: object) -> list[dict[str, Any]]:
+    if value is None:
+        return []  # a record written before networks existed
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise TypeError("interfaces must be a list of objects")
+    return [dict(item) for item in value]
 
 
 def _optional_dict(value: object) -> dict[str, Any] | None:

@@ -1,0 +1,116 @@
+"""Joining an instance to its networks: addresses, the host side's veths, PID 1's part.
+
+For each network of the plan, in ``eth0``, ``eth1``... order: an address
+is allocated (the caller holds it while the start runs, PID 1 once it is
+recorded), the network helper makes the bridge and a veth pair whose inner
+end is born in the instance's namespace, and PID 1 addresses and routes the
+inner end before anything of the image runs.  When the instance ends its
+namespace goes, and the veths with it; the addresses are released by the
+stop (or, for an instance killed from outside, when it is pruned).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from typing import Any
+
+import attrs
+
+from instancelib.errors import StartError, Unsupported
+from instancelib.linux import procfs
+from instancelib.linux.userns import has_host_root
+from instancelib.network.client import get_helper
+from instancelib.network.config import Network
+from instancelib.network.ipam import Allocator, Holder
+from instancelib.network.plan import NetworkPlan
+
+__all__ = ["Attachment", "allocate", "attach", "hand_over", "release", "release_recorded"]
+
+
+@attrs.frozen
+class Attachment:
+    """One interface of an instance: ``ifname`` inside, ``host_ifname`` outside."""
+
+    network: Network
+    ifname: str
+    host_ifname: str
+    address: ipaddress.IPv4Address
+
+    def to_record(self) -> dict[str, Any]:
+        return {"network": self.network.name, "ifname": self.ifname,
+                "host_ifname": self.host_ifname, "address": str(self.address)}
+
+    def for_pid1(self) -> dict[str, Any]:
+        """What PID 1 needs to address and route the inner end."""
+        return {"ifname": self.ifname, "address": str(self.address),
+                "prefix": self.network.subnet.prefixlen, "gateway": str(self.network.gateway),
+                "routes": [[str(r.network_address), r.prefixlen] for r in self.network.routes]}
+
+
+def _caller(name: str) -> Holder:
+    stat = procfs.read_stat(os.getpid())
+    assert stat is not None
+    return os.getpid(), stat.starttime, name
+
+
+def allocate(plan: NetworkPlan, name: str) -> list[Attachment]:
+    """Addresses for each network of ``plan`` (held by the caller); all or none.
+
+    Raises:
+        Unsupported: the caller may not make these networks here.
+        InvalidArgument, NameConflict: a requested address outside the range, or taken.
+    """
+    if plan.networks and not has_host_root():
+        raise Unsupported(f"network {plan.networks[0].name!r}: bridges and veths are "
+                          "root's; an ordinary user's instances get network='none' in this "
+                          "version", name=name)
+    made: list[Attachment] = []
+    try:
+        for index, network in enumerate(plan.networks):
+            requested = plan.args.get(network.name)
+            address = Allocator(network).allocate(
+                _caller(name), requested.ip if requested is not None else None)
+            made.append(Attachment(network, f"eth{index}",
+                                   f"vi{secrets.token_hex(5)}{index}", address))
+    except BaseException:
+        release(made, _caller(name))
+        raise
+    return made
+
+
+def attach(attachments: list[Attachment], netns_fd: int, name: str) -> None:
+    """Make each network's bridge (if missing) and the veth pair into ``netns_fd``."""
+    for attachment in attachments:
+        network = attachment.network
+        reply = get_helper().request(
+            {"op": "attach", "bridge": network.bridge, "gateway": str(network.gateway),
+             "prefix": network.subnet.prefixlen, "host_ifname": attachment.host_ifname,
+             "ifname": attachment.ifname}, [netns_fd])
+        if not reply.get("ok"):
+            raise StartError(f"cannot join network {network.name!r}: {reply.get('error')}",
+                             name=name, step=f"make {attachment.ifname}",
+                             errno=reply.get("errno"))
+
+
+def hand_over(attachments: list[Attachment], holder: Holder) -> None:
+    """Make the instance's PID 1 the holder of its addresses (once it is recorded)."""
+    for attachment in attachments:
+        Allocator(attachment.network).hand_over(attachment.address, holder)
+
+
+def release(attachments: list[Attachment], holder: Holder | None = None) -> None:
+    for attachment in attachments:
+        Allocator(attachment.network).release(attachment.address, holder)
+
+
+def release_recorded(interfaces: list[dict[str, Any]], holder: Holder) -> None:
+    """Release the addresses a record names, where ``holder`` (its PID 1) still holds them."""
+    for interface in interfaces:
+        try:
+            address = ipaddress.IPv4Address(str(interface["address"]))
+            name = str(interface["network"])
+        except (KeyError, ValueError):
+            continue
+        Allocator.named(name).release(address, holder)

@@ -1,0 +1,152 @@
+"""Bridge networks: veths on a bridge, addresses, reachability, clean-up.
+
+Every test runs its instances from a process in a network namespace the test
+makes (``unshare --net``), which stands for the host: the bridge, the veths
+and all traffic live and die in it, and nothing is added to the machine's own
+network.  The allocations go to a temporary state directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import instancelib
+from instancelib import Unsupported
+from instancelib.linux.userns import has_host_root
+
+ROOT_ONLY = pytest.mark.skipif(not has_host_root(), reason="needs root: bridges and veths are "
+                               "root's (an ordinary user's case is tested below)")
+HTTPD = "#!/bin/sh\nmkdir -p /www && echo hi-$1 > /www/index.html\nexec httpd -f -p 80 -h /www\n"
+
+PROLOGUE = """
+import json, os, signal, socket, sys, time
+from pathlib import Path
+from instancelib import Image, Instance, InstanceRegistry, NameConflict
+from instancelib.linux import netns
+netns.bring_up("lo")
+work = Path(sys.argv[1])
+registry = InstanceRegistry(work / "registry")
+image = Image(sys.argv[2])
+out = {}
+
+def links():
+    with open("/proc/net/dev") as f:   # this namespace's (sysfs shows the host's)
+        return sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
+
+def start(name, **options):
+    return Instance.start(image, name, registry=registry, writable_tmpfs=True, args=[name],
+                          network=options.pop("network", "bridge"), **options)
+
+def fetch(address):
+    with socket.create_connection((address, 80), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        response = b""
+        while chunk := s.recv(4096):   # to the end: headers and body may come apart
+            response += chunk
+    return response.decode().split("\\r\\n\\r\\n", 1)[-1]
+"""
+EPILOGUE = """
+for instance in registry.list():
+    instance.stop(force=True)
+print(json.dumps(out))
+"""
+
+
+def _in_own_network(tmp_path: Path, image_path: str, body: str) -> dict:  # type: ignore[type-arg]
+    script = tmp_path / "script.py"
+    script.write_text(PROLOGUE + body + EPILOGUE)
+    env = dict(os.environ, INSTANCELIB_NETWORK_STATE=str(tmp_path / "state"),
+               INSTANCELIB_NETWORK_DIR=str(tmp_path / "networks"),
+               PYTHONPATH=str(Path(instancelib.__file__).resolve().parents[1]))
+    result = subprocess.run(["unshare", "--net", sys.executable, str(script), str(tmp_path),
+                             image_path], env=env, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@ROOT_ONLY
+def test_bridge_instances_reach_each_other_and_the_host_reaches_them(make_image, tmp_path):
+    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+a, b = start("a"), start("b")
+out["ips"] = [a.ip, b.ip]
+out["a_to_b"] = a.exec(["wget", "-q", "-O-", f"http://{b.ip}/"]).stdout
+out["host_to_a"] = None
+for attempt in range(100):
+    try:
+        out["host_to_a"] = fetch(a.ip); break
+    except OSError:
+        time.sleep(0.05)
+out["inside"] = a.exec(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout
+out["route"] = a.exec(["ip", "route"]).stdout
+out["listed"] = [[r.name, r.ip] for r in registry.records()]
+host_ends = [i["host_ifname"] for x in (a, b) for i in x.record.interfaces]
+out["links_up"] = [l for l in host_ends if l in links()]
+a.stop(); b.stop()
+out["links_after"] = [l for l in host_ends if l in links()]
+out["bridge_kept"] = "sbr0" in links()
+""")
+    assert out["ips"] == ["10.22.0.2", "10.22.0.3"]
+    assert out["a_to_b"] == "hi-b\n" and out["host_to_a"] == "hi-a\n"
+    assert "10.22.0.2/16" in out["inside"] and "default via 10.22.0.1 dev eth0" in out["route"]
+    assert out["listed"] == [["a", "10.22.0.2"], ["b", "10.22.0.3"]]   # instance list's IP
+    assert len(out["links_up"]) == 2 and out["links_after"] == []       # stop removed them
+    assert out["bridge_kept"]                                           # shared: it stays
+
+
+@ROOT_ONLY
+def test_addresses_are_distinct_reused_and_can_be_requested(make_image, tmp_path):
+    out = _in_own_network(tmp_path, make_image().path, """
+first = start("first")
+asked = start("asked", network_args=["IP=10.22.7.7"])
+out["asked"] = asked.ip
+try:
+    start("clash", network_args="IP=10.22.7.7")
+except NameConflict as err:
+    out["clash"] = str(err)
+out["clash_left"] = [r.name for r in registry.records()]
+for_reuse = first.ip
+first.stop()
+out["reused"] = start("again").ip == for_reuse
+many = [start(f"m{n}") for n in range(10)]
+out["distinct"] = len({m.ip for m in many} | {asked.ip}) == 11
+""")
+    assert out["asked"] == "10.22.7.7"
+    assert "IP=10.22.7.7" in out["clash"] and "taken by instance 'asked'" in out["clash"]
+    assert out["clash_left"] == ["asked", "first"]     # nothing of the clash is left
+    assert out["reused"] and out["distinct"]
+
+
+@ROOT_ONLY
+def test_an_instance_killed_from_outside_frees_its_address_and_links(make_image, tmp_path):
+    out = _in_own_network(tmp_path, make_image().path, """
+victim = start("victim")
+address, host_end = victim.ip, victim.record.interfaces[0]["host_ifname"]
+os.kill(victim.pid, signal.SIGKILL)
+deadline = time.monotonic() + 10
+while registry.list() and time.monotonic() < deadline:
+    time.sleep(0.02)
+out["pruned"] = registry.list() == []
+while host_end in links() and time.monotonic() < deadline:
+    time.sleep(0.02)
+out["link_gone"] = host_end not in links()
+out["held"] = sorted(os.listdir(work / "state" / "bridge"))
+out["reused"] = start("next").ip == address
+""")
+    assert out["pruned"] and out["link_gone"]
+    assert out["held"] == [".lock"]           # released when it was pruned
+    assert out["reused"]
+
+
+def test_an_ordinary_user_is_told_bridges_are_roots(image, start, monkeypatch, tmp_path):
+    if has_host_root():
+        monkeypatch.setattr("instancelib.network.attach.has_host_root", lambda: False)
+    monkeypatch.setenv("INSTANCELIB_NETWORK_STATE", str(tmp_path / "state"))
+    with pytest.raises(Unsupported, match="bridges and veths are root's"):
+        start(image, network="bridge")
