@@ -51,6 +51,7 @@ _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
 _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RTN_UNICAST = 254, 3, 0, 1
+_RT_SCOPE_LINK = 253
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
@@ -91,14 +92,17 @@ def add_address(interface: str, address: str, prefix: int) -> None:
              + _attribute(_IFA_ADDRESS, packed))
 
 
-def add_route(interface: str, destination: str, prefix: int, gateway: str) -> None:
-    """Route ``destination``/``prefix`` through ``gateway`` on ``interface`` (``ip route add``)."""
+def add_route(interface: str, destination: str, prefix: int, gateway: str | None) -> None:
+    """Route ``destination``/``prefix`` through ``gateway`` on ``interface`` (``ip route add``);
+    without a gateway, a route of the link itself (``scope link``)."""
     index = socket.if_nametoindex(interface)
+    scope = _RT_SCOPE_UNIVERSE if gateway else _RT_SCOPE_LINK
     body = _RTMSG.pack(socket.AF_INET, prefix, 0, 0, _RT_TABLE_MAIN, _RTPROT_BOOT,
-                       _RT_SCOPE_UNIVERSE, _RTN_UNICAST, 0)
+                       scope, _RTN_UNICAST, 0)
     if prefix:
         body += _attribute(_RTA_DST, socket.inet_aton(destination))
-    body += _attribute(_RTA_GATEWAY, socket.inet_aton(gateway))
+    if gateway:
+        body += _attribute(_RTA_GATEWAY, socket.inet_aton(gateway))
     body += _attribute(_RTA_OIF, struct.pack("=i", index))
     _request(_RTM_NEWROUTE, body)
 
@@ -115,12 +119,12 @@ def delete_link(interface: str) -> None:
 def configure(interfaces: list[dict[str, Any]]) -> None:
     """Address, bring up and route each interface the host side moved into our namespace.
 
-    Each item: ``ifname``, ``address``, ``prefix``, ``gateway``, ``routes``
-    (``[destination, prefix]`` pairs through the gateway).
+    Each item: ``ifname``, ``address``, ``prefix``, ``routes``: ``[destination,
+    prefix, gateway]`` in order (a ``None`` gateway: a route of the link itself).
     """
     for interface in interfaces:
         name = str(interface["ifname"])
         add_address(name, str(interface["address"]), int(interface["prefix"]))
         bring_up(name)
-        for destination, prefix in interface.get("routes") or []:
-            add_route(name, str(destination), int(prefix), str(interface["gateway"]))
+        for destination, prefix, gateway in interface.get("routes") or []:
+            add_route(name, str(destination), int(prefix), str(gateway) if gateway else None)

@@ -43,10 +43,23 @@ class Attachment:
                 "host_ifname": self.host_ifname, "address": str(self.address)}
 
     def for_pid1(self) -> dict[str, Any]:
-        """What PID 1 needs to address and route the inner end."""
-        return {"ifname": self.ifname, "address": str(self.address),
-                "prefix": self.network.subnet.prefixlen, "gateway": str(self.network.gateway),
-                "routes": [[str(r.network_address), r.prefixlen] for r in self.network.routes]}
+        """What PID 1 needs to address and route the inner end.
+
+        On a bridge the subnet is on the link.  On a ptp link only the gateway
+        is (CNI's ptp): the instance has a /32, a link route to the gateway,
+        and the subnet and the network's routes through it.
+        """
+        network = self.network
+        gateway = str(network.gateway)
+        routes: list[list[Any]] = []
+        prefix = network.subnet.prefixlen
+        if network.kind == "ptp":
+            prefix = 32
+            routes += [[gateway, 32, None],
+                       [str(network.subnet.network_address), network.subnet.prefixlen, gateway]]
+        routes += [[str(r.network_address), r.prefixlen, gateway] for r in network.routes]
+        return {"ifname": self.ifname, "address": str(self.address), "prefix": prefix,
+                "routes": routes}
 
 
 def _caller(name: str) -> Holder:
@@ -85,8 +98,9 @@ def attach(attachments: list[Attachment], netns_fd: int, name: str) -> None:
     for attachment in attachments:
         network = attachment.network
         reply = get_helper().request(
-            {"op": "attach", "bridge": network.bridge, "gateway": str(network.gateway),
-             "prefix": network.subnet.prefixlen, "host_ifname": attachment.host_ifname,
+            {"op": "attach", "kind": network.kind, "bridge": network.bridge,
+             "gateway": str(network.gateway), "prefix": network.subnet.prefixlen,
+             "address": str(attachment.address), "host_ifname": attachment.host_ifname,
              "ifname": attachment.ifname}, [netns_fd])
         if not reply.get("ok"):
             raise StartError(f"cannot join network {network.name!r}: {reply.get('error')}",

@@ -5,10 +5,11 @@ instancelib.network.helper FD``), it runs pyroute2 in a single-threaded
 process of its own, so no netlink code ever runs on the caller's threads or
 event loop.  A request is one ``wire`` message:
 
-- ``attach``: with the instance's network namespace as a descriptor, make
-  the network's bridge if it is missing (its gateway address, up), then a
-  veth pair whose inner end is born in that namespace under its final name
-  (``eth0``) and whose host end joins the bridge, up.  PID 1 addresses and
+- ``attach``: with the instance's network namespace as a descriptor, a veth
+  pair whose inner end is born in that namespace under its final name
+  (``eth0``).  For a ``bridge`` network the bridge is made if missing (its
+  gateway address, up) and the host end joins it; for ``ptp`` the host end
+  holds the gateway address itself and a route to the instance's address.  PID 1 addresses and
   routes the inner end itself (``linux/netns.py``).
 - ``ping``.
 
@@ -57,14 +58,23 @@ class _Links:
         return index
 
     def attach(self, request: dict[str, Any], netns_fd: int) -> None:
-        bridge = self.ensure_bridge(str(request["bridge"]), str(request["gateway"]),
-                                    int(request["prefix"]))
         host_end = str(request["host_ifname"])
+        bridge = None
+        if request["kind"] == "bridge":
+            bridge = self.ensure_bridge(str(request["bridge"]), str(request["gateway"]),
+                                        int(request["prefix"]))
         self.ipr.link("add", ifname=host_end, kind="veth",
                       peer={"ifname": str(request["ifname"]), "net_ns_fd": netns_fd})
         index = self.index(host_end)
         assert index is not None
-        self.ipr.link("set", index=index, master=bridge, state="up")
+        if bridge is not None:
+            self.ipr.link("set", index=index, master=bridge, state="up")
+            return
+        # ptp: the host end holds the gateway address (on every instance's link, as
+        # CNI's ptp does) and routes the instance's address to it.
+        self.ipr.addr("add", index=index, address=str(request["gateway"]), mask=32)
+        self.ipr.link("set", index=index, state="up")
+        self.ipr.route("add", dst=f"{request['address']}/32", oif=index)
 
 
 def _serve(sock: socket.socket) -> None:

@@ -48,11 +48,6 @@ def plan_network(network: Sequence[str] | None,
         return NetworkPlan(namespace=True)
     networks = tuple(load_network(name) for name in network)
     args = parse_network_args(network_args, [n.name for n in networks])
-    for joined in networks:
-        if joined.kind != "bridge":
-            raise Unsupported(f"network {joined.name!r} ({joined.kind}, from "
-                              f"{joined.source}): this version of instancelib joins bridge "
-                              "networks only")
     for name, asked in args.items():
         if asked.port_maps:
             raise Unsupported(f"network {name!r}: port maps are not made by this version of "

@@ -150,3 +150,36 @@ def test_an_ordinary_user_is_told_bridges_are_roots(image, start, monkeypatch, t
     monkeypatch.setenv("INSTANCELIB_NETWORK_STATE", str(tmp_path / "state"))
     with pytest.raises(Unsupported, match="bridges and veths are root's"):
         start(image, network="bridge")
+
+
+@ROOT_ONLY
+def test_ptp_instances_are_routed_to_and_from_the_host(make_image, tmp_path):
+    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+import threading, http.server
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"from-host\\n")
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("0.0.0.0", 0), Hello)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+p = start("p", network="ptp")
+out["ip"] = p.ip
+out["inside"] = p.exec(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout
+out["route"] = p.exec(["ip", "route"]).stdout
+for attempt in range(100):
+    try:
+        out["host_to_p"] = fetch(p.ip); break
+    except OSError:
+        time.sleep(0.05)
+port = server.server_address[1]
+out["p_to_host"] = p.exec(["wget", "-q", "-O-", f"http://10.23.0.1:{port}/"]).stdout
+host_end = p.record.interfaces[0]["host_ifname"]
+p.stop()
+out["link_after"] = host_end in links()
+server.shutdown()
+""")
+    assert out["ip"] == "10.23.0.2" and "10.23.0.2/32" in out["inside"]
+    assert "default via 10.23.0.1 dev eth0" in out["route"]
+    assert out["host_to_p"] == "hi-p\n" and out["p_to_host"] == "from-host\n"
+    assert not out["link_after"]

@@ -70,7 +70,6 @@ def test_an_instance_with_its_own_network_has_its_name_in_etc_hosts(image, start
     ({"network": "no such!"}, InvalidArgument, "network must be"),
     ({"network": "nosuch"}, InvalidArgument, "no network named 'nosuch'"),
     ({"network": "bridge", "network_args": "bogus=1"}, InvalidArgument, "unsupported"),
-    ({"network": "ptp"}, Unsupported, "joins bridge networks only"),
     ({"network": "bridge", "network_args": "portmap=80/tcp"}, Unsupported, "port maps"),
     ({"dns": "dns.example"}, InvalidArgument, "not an IP address"),
 ])

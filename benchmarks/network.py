@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Network benchmark: what a network namespace, a bridge and a ptp link add to start and stop.
+
+Medians over ``-n`` rounds, interleaved, of ``Instance.start()`` and ``stop()``
+with ``network=None`` (the host's), ``"none"``, ``"bridge"`` and ``"ptp"``; and
+TCP throughput from the host side to an instance's address (``--mb`` MiB,
+the instance's busybox ``nc`` discarding them).  With podman installed, its
+``--network bridge`` start and stop in the same run (storage in a temporary
+directory), for comparison.
+
+It runs as root inside a network namespace of its own (it re-executes itself
+under ``unshare --net``), which stands for the host: the bridge, the veths
+and the traffic never touch the machine's network.
+
+    python3 benchmarks/network.py [-n 20] [--mb 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MARKER = "INSTANCELIB_BENCH_NETNS"
+IDLE = "#!/bin/sh\ntrap 'exit 0' TERM INT\nsleep 1000000 &\nwait\n"
+SINK = "#!/bin/sh\nwhile :; do nc -l -p 5001 > /dev/null; done\n"
+
+
+def _rounds(image, registry, kinds, n):  # type: ignore[no-untyped-def]
+    from instancelib import Instance  # noqa: PLC0415
+
+    for kind in kinds:  # warm-up: fork-server, network helper, bridge
+        Instance.start(image, "warm", registry=registry, network=kind).stop()
+    results: dict[str, list[tuple[float, float]]] = {str(k): [] for k in kinds}
+    for round_ in range(n):
+        for kind in kinds:
+            began = time.perf_counter()
+            instance = Instance.start(image, f"r{round_}", registry=registry, network=kind)
+            started = time.perf_counter()
+            instance.stop()
+            results[str(kind)].append((started - began, time.perf_counter() - started))
+    return results
+
+
+def _throughput(image, registry, megabytes: int) -> float:  # type: ignore[no-untyped-def]
+    from instancelib import Instance  # noqa: PLC0415
+
+    instance = Instance.start(image, "sink", registry=registry, network="bridge")
+    try:
+        block = b"\0" * (1 << 20)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                connection = socket.create_connection((instance.ip, 5001), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        with connection:
+            began = time.perf_counter()
+            for _ in range(megabytes):
+                connection.sendall(block)
+            connection.shutdown(socket.SHUT_WR)
+            connection.recv(1)
+            elapsed = time.perf_counter() - began
+        return megabytes / elapsed
+    finally:
+        instance.stop()
+
+
+def _podman(rootfs: Path, work: Path, n: int) -> str:
+    podman = shutil.which("podman")
+    if podman is None:
+        return "podman not installed"
+    base = [podman, "--root", str(work / "podman-root"), "--runroot", str(work / "podman-run"),
+            "--storage-driver", "vfs"]
+    try:
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True,
+                             check=True).stdout
+        subprocess.run([*base, "import", "-", "bench-idle"], input=tar, capture_output=True,
+                       check=True)
+        starts, stops = [], []
+        for round_ in range(n):
+            began = time.perf_counter()
+            subprocess.run([*base, "run", "-d", "--name", f"p{round_}", "--network", "bridge",
+                            "bench-idle", "sleep", "1000000"], capture_output=True, check=True)
+            started = time.perf_counter()
+            subprocess.run([*base, "rm", "-f", "-t", "0", f"p{round_}"], capture_output=True,
+                           check=True)
+            starts.append(started - began)
+            stops.append(time.perf_counter() - started)
+    except subprocess.CalledProcessError as err:
+        return f"podman failed: {err.stderr.decode(errors='replace').strip()[-120:]}"
+    finally:
+        subprocess.run([*base, "system", "reset", "-f"], capture_output=True, check=False)
+    return (f"{statistics.median(starts) * 1000:.1f} | {statistics.median(stops) * 1000:.1f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=20, help="rounds (default 20)")
+    parser.add_argument("--mb", type=int, default=256, help="MiB for the throughput test")
+    parser.add_argument("--no-podman", action="store_true")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root", file=sys.stderr)
+        return 2
+    if os.environ.get(MARKER) != "1":
+        env = dict(os.environ, **{MARKER: "1"})
+        return subprocess.run(["unshare", "--net", sys.executable, *sys.argv], env=env,
+                              check=False).returncode
+
+    from instancelib import Image, InstanceRegistry  # noqa: PLC0415
+    from instancelib.build.busybox import make_busybox_rootfs  # noqa: PLC0415
+    from instancelib.linux import netns  # noqa: PLC0415
+
+    netns.bring_up("lo")
+    work = Path(tempfile.mkdtemp(prefix="instancelib-bench-network-"))
+    os.environ["INSTANCELIB_NETWORK_STATE"] = str(work / "state")
+    try:
+        registry = InstanceRegistry(work / "registry")
+        idle = Image(make_busybox_rootfs(work / "idle", startscript=IDLE))
+        sink = Image(make_busybox_rootfs(work / "sink", startscript=SINK))
+        kinds = [None, "none", "bridge", "ptp"]
+        results = _rounds(idle, registry, kinds, args.n)
+        rate = _throughput(sink, registry, args.mb)
+        peer = "skipped" if args.no_podman else _podman(work / "idle", work, min(args.n, 10))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"# network on {os.uname().nodename}, kernel {os.uname().release}, "
+          f"{os.cpu_count()} CPUs, n={args.n} (medians), in a network namespace of its own")
+    print("\n| network | start ms | stop ms |\n|---|---:|---:|")
+    host_start = statistics.median(s for s, _ in results["None"])
+    host_stop = statistics.median(t for _, t in results["None"])
+    for kind, values in results.items():
+        start = statistics.median(s for s, _ in values)
+        stop = statistics.median(t for _, t in values)
+        extra = "" if kind == "None" else \
+            f" (+{(start - host_start) * 1000:.1f} / +{(stop - host_stop) * 1000:.1f})"
+        label = "host (None)" if kind == "None" else kind
+        print(f"| {label}{extra} | {start * 1000:.2f} | {stop * 1000:.2f} |")
+    print(f"| podman --network bridge | {peer} |")
+    print(f"\nTCP to the instance's address (bridge): {rate:.0f} MiB/s ({args.mb} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
