@@ -45,6 +45,7 @@ from instancelib.linux.launch import NAMESPACES
 from instancelib.linux.syscalls import CLONE_NEWNET, CLONE_NEWUSER
 from instancelib.logs import open_for_append, tail_since
 from instancelib.network import attach as network_attach
+from instancelib.network import portmaps
 from instancelib.options import StartOptions
 from instancelib.pidfile import PidFile
 from instancelib.readiness import Probe
@@ -106,6 +107,11 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         attachments = network_attach.allocate(plan.network, name)
         holders: list[tuple[int, int, str] | None] = [None]  # PID 1, once it holds them
         on_failure.callback(lambda: network_attach.release(attachments, holders[-1]))
+        # Host ports are bound now (in use: an error before anything starts); the
+        # forwarder gets them once PID 1 runs, and ends with it.
+        ports = network_attach.bind_ports(plan.network, attachments, name)
+        for port in ports:
+            on_failure.callback(port[0].close)
         cgroup_plan = cgroup_tree.plan(name, options.limits)
         # Undone after PID 1 is gone (callbacks run last-registered first).
         made: list[CgroupInfo] = []
@@ -160,6 +166,10 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             raise
         for note in launch.notes:
             log.info("instance %r: %s", name, note)
+        forwarder: list[int] = []
+        if ports:
+            forwarder = list(portmaps.start_forwarder(ports, launch.init_pid, launch.starttime,
+                                                      name))
         service_pid, service_start = _service_identity(launch.init_pid)
         record = InstanceRecord(
             name=name, state="running", pid=launch.init_pid, starttime=launch.starttime,
@@ -172,7 +182,9 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             | (CLONE_NEWNET if plan.network.namespace else 0),
             loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             ip=str(attachments[0].address) if attachments else "",
-            interfaces=[a.to_record() for a in attachments],
+            interfaces=[{**a.to_record(), "forwarder": forwarder,
+                         "port_maps": [str(m) for _, m, ip in ports if ip == str(a.address)]}
+                        for a in attachments],
         )
         written.append(record)
         registry.publish(record, launch.env, name_lock)
@@ -191,6 +203,8 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
     name_lock.close()
     os.close(out_fd)
     os.close(err_fd)
+    for port in ports:
+        port[0].close()  # the forwarder has them
     log.debug("instance %r started (pid %d)", name, launch.init_pid)
     return instance
 

@@ -29,6 +29,7 @@ from instancelib.errors import NotFound, PermissionDenied, Timeout, Unsupported
 from instancelib.linux import procfs, syscalls
 from instancelib.linux.userns import has_host_root
 from instancelib.network import attach as network_attach
+from instancelib.network import portmaps
 from instancelib.process import check_signal
 from instancelib.records.record import InstanceRecord
 
@@ -157,6 +158,10 @@ def _wait_for_veths(stopped: Sequence[Instance]) -> None:
             time.sleep(0.001)
     if links:
         log.warning("network links still present after stop: %s", sorted(links))
+    forwarders = {tuple(i["forwarder"]) for s in stopped for i in s.record.interfaces
+                  if len(i.get("forwarder") or ()) == 2}
+    for pid, starttime in forwarders:  # it ends with its instance's PID 1
+        portmaps.wait_for_forwarder(int(pid), int(starttime))
 
 
 def _link_exists(name: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 from typing import Any
 
 import attrs
@@ -21,12 +22,15 @@ import attrs
 from instancelib.errors import StartError, Unsupported
 from instancelib.linux import procfs
 from instancelib.linux.userns import has_host_root
+from instancelib.network import portmaps
+from instancelib.network.args import PortMap
 from instancelib.network.client import get_helper
 from instancelib.network.config import Network
 from instancelib.network.ipam import Allocator, Holder
 from instancelib.network.plan import NetworkPlan
 
-__all__ = ["Attachment", "allocate", "attach", "hand_over", "release", "release_recorded"]
+__all__ = ["Attachment", "allocate", "attach", "bind_ports", "hand_over", "release",
+           "release_recorded"]
 
 
 @attrs.frozen
@@ -91,6 +95,23 @@ def allocate(plan: NetworkPlan, name: str) -> list[Attachment]:
         release(made, _caller(name))
         raise
     return made
+
+
+def bind_ports(plan: NetworkPlan, attachments: list[Attachment],
+               name: str) -> list[tuple[socket.socket, PortMap, str]]:
+    """The host ports of every network's port maps, bound (see ``portmaps.bind``)."""
+    bound: list[tuple[socket.socket, PortMap, str]] = []
+    try:
+        for attachment in attachments:
+            asked = plan.args.get(attachment.network.name)
+            if asked is not None and asked.port_maps:
+                bound += [(sock, port_map, str(attachment.address))
+                          for sock, port_map in portmaps.bind(asked.port_maps, name)]
+    except BaseException:
+        for sock, _, _ in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def attach(attachments: list[Attachment], netns_fd: int, name: str) -> None:

@@ -48,10 +48,11 @@ def plan_network(network: Sequence[str] | None,
         return NetworkPlan(namespace=True)
     networks = tuple(load_network(name) for name in network)
     args = parse_network_args(network_args, [n.name for n in networks])
-    for name, asked in args.items():
-        if asked.port_maps:
-            raise Unsupported(f"network {name!r}: port maps are not made by this version of "
-                              f"instancelib ({', '.join(map(str, asked.port_maps))})")
+    for joined in networks:
+        asked = args.get(joined.name)
+        if asked is not None and asked.port_maps and not joined.port_maps:
+            raise Unsupported(f"network {joined.name!r} ({joined.source}) has no portmap "
+                              "plugin with the portMappings capability: it maps no ports")
     return NetworkPlan(namespace=True, networks=networks, args=args)
 
 

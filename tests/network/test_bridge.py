@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,10 @@ def start(name, **options):
                           network=options.pop("network", "bridge"), **options)
 
 def fetch(address):
-    with socket.create_connection((address, 80), timeout=5) as s:
+    return fetch_port(address, 80)
+
+def fetch_port(address, port):
+    with socket.create_connection((address, port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
         response = b""
         while chunk := s.recv(4096):   # to the end: headers and body may come apart
@@ -52,15 +56,18 @@ def fetch(address):
     return response.decode().split("\\r\\n\\r\\n", 1)[-1]
 """
 EPILOGUE = """
-for instance in registry.list():
-    instance.stop(force=True)
 print(json.dumps(out))
+"""
+CLEANUP = """
+finally:
+    for instance in registry.list():   # also when the body failed: nothing may outlive it
+        instance.stop(force=True)
 """
 
 
 def _in_own_network(tmp_path: Path, image_path: str, body: str) -> dict:  # type: ignore[type-arg]
     script = tmp_path / "script.py"
-    script.write_text(PROLOGUE + body + EPILOGUE)
+    script.write_text(PROLOGUE + "try:\n" + textwrap.indent(body, "    ") + CLEANUP + EPILOGUE)
     env = dict(os.environ, INSTANCELIB_NETWORK_STATE=str(tmp_path / "state"),
                INSTANCELIB_NETWORK_DIR=str(tmp_path / "networks"),
                PYTHONPATH=str(Path(instancelib.__file__).resolve().parents[1]))
@@ -183,3 +190,82 @@ server.shutdown()
     assert "default via 10.23.0.1 dev eth0" in out["route"]
     assert out["host_to_p"] == "hi-p\n" and out["p_to_host"] == "from-host\n"
     assert not out["link_after"]
+
+
+UDP_ECHO = """import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+
+@ROOT_ONLY
+def test_port_maps_reach_the_instance_on_loopback_and_outer_addresses(make_image, tmp_path):
+    (tmp_path / "echo.py").write_text(UDP_ECHO)   # a UDP echo server in the instance's network
+    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+import subprocess
+subprocess.run(["ip", "link", "add", "outer0", "type", "veth", "peer", "name", "outer1"],
+               check=True)
+subprocess.run(["ip", "addr", "add", "192.0.2.10/24", "dev", "outer0"], check=True)
+subprocess.run(["ip", "link", "set", "outer0", "up"], check=True)
+subprocess.run(["ip", "link", "set", "outer1", "up"], check=True)
+m = start("m", network_args=["portmap=8080:80/tcp;portmap=5353:53/udp"])
+echo = subprocess.Popen(["nsenter", "-t", str(m.pid), "-n", sys.executable,
+                         str(work / "echo.py")], stdout=subprocess.PIPE, text=True)
+assert echo.stdout.readline().strip() == "ready"
+for attempt in range(100):
+    try:
+        out["loopback"] = fetch_port("127.0.0.1", 8080); break
+    except OSError:
+        time.sleep(0.05)
+out["outer"] = fetch_port("192.0.2.10", 8080)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"ping", ("127.0.0.1", 5353))
+out["udp"] = u.recvfrom(100)[0].decode()
+out["recorded"] = m.record.interfaces[0]["port_maps"]
+try:
+    start("clash", network_args="portmap=8080:80/tcp")
+except NameConflict as err:
+    out["in_use"] = str(err)
+out["left"] = [r.name for r in registry.records()]
+forwarder = m.record.interfaces[0]["forwarder"]
+echo.kill(); echo.wait()
+m.stop()
+from instancelib.linux import procfs
+out["forwarder_after"] = procfs.is_alive(forwarder[0], forwarder[1])
+out["freed"] = start("after", network_args="portmap=8080:80/tcp").ip != ""  # port free again
+""")
+    assert out["loopback"] == "hi-m\n" and out["outer"] == "hi-m\n"
+    assert out["udp"] == "echo:ping"
+    assert out["recorded"] == ["8080:80/tcp", "5353:53/udp"]
+    assert "host port 8080/tcp is in use" in out["in_use"] and out["left"] == ["m"]
+    assert not out["forwarder_after"]
+    assert out["freed"]
+
+
+@ROOT_ONLY
+def test_the_cli_joins_a_bridge_with_singularity_composes_quoted_port_map(make_image, tmp_path):
+    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+import subprocess
+env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "instancelib", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+started = cli("instance", "start", "--writable-tmpfs", "--net", "--network-args",
+              '"portmap=8081:80/tcp"', str(image.path), "composed", "composed")
+out["started"] = [started.returncode, started.stderr]
+out["list"] = json.loads(cli("instance", "list", "--json").stdout)["instances"]
+for attempt in range(100):
+    try:
+        out["mapped"] = fetch_port("127.0.0.1", 8081); break
+    except OSError:
+        time.sleep(0.05)
+out["stopped"] = cli("instance", "stop", "composed").returncode
+""")
+    assert out["started"][0] == 0, out["started"][1]
+    assert [(i["instance"], i["ip"]) for i in out["list"]] == [("composed", "10.22.0.2")]
+    assert out["mapped"] == "hi-composed\n" and out["stopped"] == 0

@@ -70,7 +70,8 @@ def test_an_instance_with_its_own_network_has_its_name_in_etc_hosts(image, start
     ({"network": "no such!"}, InvalidArgument, "network must be"),
     ({"network": "nosuch"}, InvalidArgument, "no network named 'nosuch'"),
     ({"network": "bridge", "network_args": "bogus=1"}, InvalidArgument, "unsupported"),
-    ({"network": "bridge", "network_args": "portmap=80/tcp"}, Unsupported, "port maps"),
+    ({"network": "bridge", "network_args": "portmap=80:8080/sctp"}, InvalidArgument,
+     "tcp and udp"),
     ({"dns": "dns.example"}, InvalidArgument, "not an IP address"),
 ])
 def test_bad_network_options_fail_before_anything_starts(  # noqa: PLR0917
@@ -103,11 +104,11 @@ def test_the_cli_flags(image, registry):
     instance = registry.get("cli-none")
     assert instance.exec(["ls", "/sys/class/net"]).stdout.split() == ["lo"]
     assert instance.options["network"] == ["none"] and instance.options["dns"] == ["192.0.2.1"]
-    # singularity-compose's form: literal quotes around the value; --network-args implies --net
-    # (bridge), which this version cannot make yet: a clear error, nothing left.
-    refused = _cli(registry, "instance", "start", "--network-args",
-                   '"portmap=8080:80/tcp"', image.path, "cli-bridge")
-    assert refused.returncode == 255 and "'bridge'" in refused.stderr
+    # singularity-compose's form: literal quotes around the value, removed as CSV; with
+    # "none" the map has no network to apply to: a clear error, nothing left.
+    refused = _cli(registry, "instance", "start", "--network", "none", "--network-args",
+                   '"portmap=8080:80/tcp"', image.path, "cli-refused")
+    assert refused.returncode == 255 and "need a network" in refused.stderr
     assert refused.stderr.startswith("FATAL:") and "Traceback" not in refused.stderr
     bad = _cli(registry, "instance", "start", "--net", "--network-args", '"portmap=x/tcp"',
                image.path, "cli-bad")

@@ -1,0 +1,135 @@
+"""Port maps: a forwarder process per instance relays host ports to the instance's address.
+
+The caller binds every host port before anything starts (a port in use is a
+typed error then, and nobody can take it meanwhile), and hands the bound
+sockets to this process, which it starts detached: it must outlive the
+caller, as the instance does.  It relays TCP connections and UDP datagrams to
+``(instance address, container port)``, and exits as soon as the instance's
+PID 1 does (it waits on a pidfd of it).  A user-space relay, not kernel NAT,
+because a connection to the host's 127.0.0.1 cannot be DNATed to another
+namespace without routing loopback traffic out (``route_localnet``), and
+because it needs no firewall state to clean up; it costs throughput, which
+``benchmarks/network.py`` measures.
+
+Started as ``python -c BOOTSTRAP PACKAGE NETWORK PID STARTTIME SPEC`` with
+the sockets as inherited descriptors (``SPEC`` is JSON: one ``[fd, protocol,
+address, port]`` per map); only the standard library and ``linux.procfs``
+are imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import time
+
+from instancelib.linux import procfs
+
+__all__ = ["main"]
+
+_BUFFER = 1 << 18
+_UDP_IDLE = 60.0  # seconds a UDP client's relay socket is kept without traffic
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    try:
+        while True:
+            data = source.recv(_BUFFER)
+            if not data:
+                break
+            target.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock, how in ((target, socket.SHUT_WR), (source, socket.SHUT_RD)):
+            with contextlib.suppress(OSError):
+                sock.shutdown(how)
+
+
+def _serve_tcp(listener: socket.socket, address: str, port: int) -> None:
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            upstream = socket.create_connection((address, port), timeout=10)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            continue
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        forward = threading.Thread(target=_pump, args=(client, upstream), daemon=True)
+        backward = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+        forward.start()
+        backward.start()
+        threading.Thread(target=_close_after, args=(forward, backward, client, upstream),
+                         daemon=True).start()
+
+
+def _close_after(first: threading.Thread, second: threading.Thread,
+                 *sockets: socket.socket) -> None:
+    first.join()
+    second.join()
+    for sock in sockets:
+        sock.close()
+
+
+def _serve_udp(bound: socket.socket, address: str, port: int) -> None:
+    """Relay datagrams: one connected socket to the instance per client, idle ones dropped."""
+    relays: dict[tuple[str, int], tuple[socket.socket, float]] = {}
+    owners: dict[int, tuple[str, int]] = {}
+    poller = select.poll()
+    poller.register(bound.fileno(), select.POLLIN)
+    while True:
+        for fd, _ in poller.poll(1000):
+            if fd == bound.fileno():
+                data, client = bound.recvfrom(65535)
+                relay = relays.get(client)
+                if relay is None:
+                    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    upstream.connect((address, port))
+                    poller.register(upstream.fileno(), select.POLLIN)
+                    owners[upstream.fileno()] = client
+                    relay = (upstream, time.monotonic())
+                relays[client] = (relay[0], time.monotonic())
+                with contextlib.suppress(OSError):
+                    relay[0].send(data)
+            else:
+                client = owners[fd]
+                upstream = relays[client][0]
+                with contextlib.suppress(OSError):
+                    bound.sendto(upstream.recv(65535), client)
+                relays[client] = (upstream, time.monotonic())
+        now = time.monotonic()
+        for client, (upstream, seen) in list(relays.items()):
+            if now - seen > _UDP_IDLE:
+                poller.unregister(upstream.fileno())
+                owners.pop(upstream.fileno(), None)
+                upstream.close()
+                del relays[client]
+
+
+def main(pid: int, starttime: int, spec: str) -> None:
+    """Relay the maps of ``spec`` until the instance's PID 1 (``pid``, ``starttime``) ends."""
+    try:
+        pidfd = procfs.open_verified_pidfd(pid, starttime)
+    except OSError:
+        os._exit(0)  # the instance is already gone
+    for fd, protocol, address, port in json.loads(spec):
+        kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind, fileno=int(fd))
+        serve = _serve_tcp if protocol == "tcp" else _serve_udp
+        threading.Thread(target=serve, args=(sock, str(address), int(port)), daemon=True).start()
+    select.select([pidfd], [], [])  # readable once PID 1 has exited
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,122 @@
+"""The caller's side of port maps: host ports bound before the start, the forwarder after.
+
+See ``forwarder`` for why a user-space relay.  Binding happens before
+anything starts, in the caller: a host port already in use raises
+``NameConflict``, a port below 1024 that the caller may not bind
+``PermissionDenied``; the bound sockets go to the forwarder, so the ports
+are never free in between.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from instancelib.errors import NameConflict, PermissionDenied, StartError
+from instancelib.linux import procfs
+from instancelib.network.args import PortMap
+
+__all__ = ["bind", "start_forwarder", "wait_for_forwarder"]
+
+_NETWORK_DIR = os.path.dirname(os.path.abspath(__file__))
+# The forwarder imports only the standard library and linux.procfs (not the package's
+# __init__), and is detached from the caller by a fork whose parent exits at once.
+_LAUNCH = (
+    "import os, sys\n"
+    "for name, path in (('instancelib', sys.argv[1]), ('instancelib.network', sys.argv[2])):\n"
+    "    pkg = type(sys)(name)\n"
+    "    pkg.__path__ = [path]\n"
+    "    sys.modules[name] = pkg\n"
+    "child = os.fork()\n"
+    "if child:\n"
+    "    os.write(int(sys.argv[3]), str(child).encode())\n"
+    "    os._exit(0)\n"
+    "os.close(int(sys.argv[3]))\n"
+    "from instancelib.network import forwarder\n"
+    "forwarder.main(int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])\n"
+)
+_FORWARDER_EXIT = 2.0  # seconds the forwarder may take to see its instance end
+
+
+def bind(port_maps: Sequence[PortMap], name: str) -> list[tuple[socket.socket, PortMap]]:
+    """Bind (and for TCP, listen on) each map's host port; all or none."""
+    bound: list[tuple[socket.socket, PortMap]] = []
+    try:
+        for port_map in port_maps:
+            kind = socket.SOCK_STREAM if port_map.protocol == "tcp" else socket.SOCK_DGRAM
+            sock = socket.socket(socket.AF_INET, kind)
+            bound.append((sock, port_map))
+            if kind == socket.SOCK_STREAM:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            where = port_map.host_ip or "0.0.0.0"
+            try:
+                sock.bind((where, port_map.host))
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise NameConflict(f"host port {port_map.host}/{port_map.protocol} is in "
+                                       "use", name=name) from None
+                if err.errno == errno.EACCES:
+                    raise PermissionDenied(f"host port {port_map.host}/{port_map.protocol}: "
+                                           "ports below 1024 are root's", name=name) from None
+                raise StartError(f"cannot bind host port {port_map.host}", name=name,
+                                 errno=err.errno) from err
+            if kind == socket.SOCK_STREAM:
+                sock.listen(128)
+    except BaseException:
+        for sock, _ in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def start_forwarder(bound: list[tuple[socket.socket, PortMap, str]], pid: int, starttime: int,
+                    name: str) -> tuple[int, int]:
+    """Start the instance's forwarder (detached) for ``(socket, map, instance address)``s;
+    return its (PID, start time)."""
+    spec = json.dumps([[sock.fileno(), m.protocol, address, m.container]
+                       for sock, m, address in bound])
+    read_end, write_end = os.pipe()
+    try:
+        launcher = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, os.path.dirname(_NETWORK_DIR), _NETWORK_DIR,
+             str(write_end), str(pid), str(starttime), spec],
+            pass_fds=[write_end, *(sock.fileno() for sock, _, _ in bound)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=None if os.environ.get("INSTANCELIB_DEBUG") else subprocess.DEVNULL,
+            start_new_session=True, env={"LC_CTYPE": "C.UTF-8"})
+        os.close(write_end)
+        write_end = -1
+        launcher.wait(timeout=30)
+        child = os.read(read_end, 32)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise StartError("cannot start the port forwarder", name=name,
+                         errno=getattr(err, "errno", None)) from err
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    stat = procfs.read_stat(int(child)) if child.isdigit() else None
+    if stat is None:
+        raise StartError("the port forwarder did not start", name=name)
+    return int(child), stat.starttime
+
+
+def wait_for_forwarder(pid: int, starttime: int) -> None:
+    """Return once the forwarder (which ends with its instance) has exited, bounded.
+
+    Waited for on a pidfd: it is readable once the process has exited, its
+    sockets closed (the host ports free again).
+    """
+    try:
+        pidfd = procfs.open_verified_pidfd(pid, starttime)
+    except OSError:
+        return  # already gone
+    try:
+        procfs.wait_pidfd(pidfd, _FORWARDER_EXIT)
+    finally:
+        os.close(pidfd)
