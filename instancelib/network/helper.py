@@ -35,12 +35,16 @@ class _Links:
         from pyroute2 import IPRoute  # noqa: PLC0415 (only the helper loads pyroute2)
 
         self.ipr = IPRoute()
+        self.bridges: dict[tuple[str, str, int], int] = {}  # made or checked: its index
 
     def index(self, name: str) -> int | None:
         found = self.ipr.link_lookup(ifname=name)
         return int(found[0]) if found else None
 
     def ensure_bridge(self, name: str, gateway: str, prefix: int) -> int:
+        known = self.bridges.get((name, gateway, prefix))
+        if known is not None and self.index(name) == known:
+            return known  # checked before, and still the same link
         index = self.index(name)
         if index is None:
             try:
@@ -55,21 +59,22 @@ class _Links:
         if (gateway, prefix) not in addresses:
             self.ipr.addr("add", index=index, address=gateway, mask=prefix)
         self.ipr.link("set", index=index, state="up")
+        self.bridges[(name, gateway, prefix)] = index
         return index
 
     def attach(self, request: dict[str, Any], netns_fd: int) -> None:
         host_end = str(request["host_ifname"])
-        bridge = None
+        peer = {"ifname": str(request["ifname"]), "net_ns_fd": netns_fd}
         if request["kind"] == "bridge":
             bridge = self.ensure_bridge(str(request["bridge"]), str(request["gateway"]),
                                         int(request["prefix"]))
-        self.ipr.link("add", ifname=host_end, kind="veth",
-                      peer={"ifname": str(request["ifname"]), "net_ns_fd": netns_fd})
+            # One request: the pair, its host end on the bridge and up.
+            self.ipr.link("add", ifname=host_end, kind="veth", peer=peer, master=bridge,
+                          state="up")
+            return
+        self.ipr.link("add", ifname=host_end, kind="veth", peer=peer)
         index = self.index(host_end)
         assert index is not None
-        if bridge is not None:
-            self.ipr.link("set", index=index, master=bridge, state="up")
-            return
         # ptp: the host end holds the gateway address (on every instance's link, as
         # CNI's ptp does) and routes the instance's address to it.
         self.ipr.addr("add", index=index, address=str(request["gateway"]), mask=32)
