@@ -24,6 +24,7 @@ import json
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -78,6 +79,10 @@ def _close_after(first: threading.Thread, second: threading.Thread,
     first.join()
     second.join()
     for sock in sockets:
+        # Both directions have ended: close without TIME_WAIT on our side, so the host
+        # port can be bound again at once (by the next instance mapping it).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
 
 

@@ -109,13 +109,19 @@ def start_forwarder(bound: list[tuple[socket.socket, PortMap, str]], pid: int, s
 def wait_for_forwarder(pid: int, starttime: int) -> None:
     """Return once the forwarder (which ends with its instance) has exited, bounded.
 
-    Waited for on a pidfd: it is readable once the process has exited, its
-    sockets closed (the host ports free again).
+    Waited for on a pidfd, readable once all its threads have exited and so its
+    sockets are closed (the host ports free again).  The main thread may show
+    as a zombie while the others still end: the identity check takes the
+    start time only, not "running".
     """
     try:
-        pidfd = procfs.open_verified_pidfd(pid, starttime)
+        pidfd = os.pidfd_open(pid)
     except OSError:
         return  # already gone
+    stat = procfs.read_stat(pid)
+    if stat is None or stat.starttime != starttime:
+        os.close(pidfd)
+        return  # another process has the PID now: ours is gone
     try:
         procfs.wait_pidfd(pidfd, _FORWARDER_EXIT)
     finally:
