@@ -80,10 +80,44 @@ def _throughput(image, registry, megabytes: int,  # type: ignore[no-untyped-def]
         instance.stop()
 
 
+CGROUP_FS = Path("/sys/fs/cgroup")
+
+
+def _cgroup_tops() -> set[Path]:
+    """The directories at the top of every cgroup hierarchy (v1 mounts, or the v2 root)."""
+    hierarchies = [CGROUP_FS] if (CGROUP_FS / "cgroup.controllers").exists() else [
+        d for d in CGROUP_FS.iterdir() if d.is_dir() and not d.is_symlink()]
+    return {entry for hierarchy in hierarchies for entry in hierarchy.iterdir()
+            if entry.is_dir()}
+
+
+def _remove_cgroups(tops: set[Path]) -> None:
+    """rmdir each cgroup tree, deepest first (an rmdir removes only an empty cgroup)."""
+    for top in tops:
+        for directory in sorted((Path(d) for d, _, _ in os.walk(top)),
+                                key=lambda p: len(p.parts), reverse=True):
+            try:
+                directory.rmdir()
+            except OSError as err:
+                print(f"# cannot remove the cgroup {directory} podman made: {err.strerror}",
+                      file=sys.stderr)
+
+
 def _podman(rootfs: Path, work: Path, n: int) -> str:
+    """podman's bridge start/stop. With the cgroupfs manager (no systemd here) podman
+    makes cgroups of its own (``libpod_parent``) that ``system reset`` leaves: the ones
+    this run made are removed here."""
     podman = shutil.which("podman")
     if podman is None:
         return "podman not installed"
+    cgroups_before = _cgroup_tops()
+    try:
+        return _podman_rounds(podman, rootfs, work, n)
+    finally:
+        _remove_cgroups(_cgroup_tops() - cgroups_before)
+
+
+def _podman_rounds(podman: str, rootfs: Path, work: Path, n: int) -> str:
     base = [podman, "--root", str(work / "podman-root"), "--runroot", str(work / "podman-run"),
             "--storage-driver", "vfs"]
     try:

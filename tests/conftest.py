@@ -21,6 +21,7 @@ from instancelib import Image, Instance, InstanceRegistry
 from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
 from tests.helpers import (
+    cgroup_tops,
     host_mounts,
     instance_processes,
     loop_devices,
@@ -46,6 +47,7 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     os.environ["INSTANCELIB_NETWORK_STATE"] = str(tmp_path_factory.mktemp("network-state"))
     processes_before = instance_processes()
     links_before = network_links()
+    cgroup_tops_before = cgroup_tops()
     mounts_before = host_mounts()
     loops_before = loop_devices()
     cgroups_before = our_cgroups()
@@ -61,6 +63,8 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     assert loop_devices() - loops_before == set(), "loop devices left attached"
     # Bridges and veths are made only in network namespaces the tests make themselves.
     assert network_links() - links_before == set(), "network links added to the host"
+    # Nor cgroups outside instancelib's tree (the peers a test runs, podman, make their own).
+    assert cgroup_tops() - cgroup_tops_before == set(), "cgroups left at a hierarchy's top"
     # The fork-servers remove their spares' cgroups as they exit: give them a moment.
     leftover_cgroups = our_cgroups() - cgroups_before
     while leftover_cgroups and time.monotonic() < deadline + 3:

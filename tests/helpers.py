@@ -137,3 +137,13 @@ def network_links() -> set[str]:
     """The network interfaces of this process's network namespace."""
     with open("/proc/net/dev") as f:
         return {line.split(":")[0].strip() for line in f.readlines()[2:]}
+
+
+def cgroup_tops() -> set[str]:
+    """The cgroups at the top of every hierarchy, instancelib's own trees left out."""
+    root = "/sys/fs/cgroup"
+    hierarchies = [root] if os.path.exists(f"{root}/cgroup.controllers") else [
+        f"{root}/{d}" for d in os.listdir(root)
+        if os.path.isdir(f"{root}/{d}") and not os.path.islink(f"{root}/{d}")]
+    return {f"{h}/{entry}" for h in hierarchies for entry in os.listdir(h)
+            if os.path.isdir(f"{h}/{entry}") and entry not in ("instancelib", "machine.slice")}

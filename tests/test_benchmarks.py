@@ -1,0 +1,33 @@
+"""The benchmark scripts run, print their tables, and leave nothing behind.
+
+They are run on demand, not in timed tests; this runs each one briefly (one
+round, tiny transfers) so that a script which no longer works, or which
+leaves kernel objects behind (the peers it compares with included), fails CI.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from instancelib.linux.userns import has_host_root
+from tests.helpers import cgroup_tops, network_links
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.skipif(not has_host_root(), reason="needs root: the network benchmark makes "
+                    "bridges and veths (in a network namespace of its own)")
+def test_the_network_benchmark_runs_and_leaves_no_cgroup_or_link():
+    cgroups, links = cgroup_tops(), network_links()
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "network.py"), "-n", "1",
+                             "--mb", "1"], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| bridge" in result.stdout and "| podman --network bridge |" in result.stdout
+    assert "MiB/s" in result.stdout
+    assert cgroup_tops() - cgroups == set()   # podman's libpod_parent, say
+    assert network_links() - links == set()
