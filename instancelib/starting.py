@@ -182,9 +182,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             | (CLONE_NEWNET if plan.network.namespace else 0),
             loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             ip=str(attachments[0].address) if attachments else "",
-            interfaces=[{**a.to_record(), "forwarder": forwarder,
-                         "port_maps": [str(m) for _, m, ip in ports if ip == str(a.address)]}
-                        for a in attachments],
+            interfaces=[_interface_record(a, ports, forwarder) for a in attachments],
         )
         written.append(record)
         registry.publish(record, launch.env, name_lock)
@@ -207,6 +205,19 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         port[0].close()  # the forwarder has them
     log.debug("instance %r started (pid %d)", name, launch.init_pid)
     return instance
+
+
+def _interface_record(attachment: network_attach.Attachment, ports: list[Any],
+                      forwarder: list[int]) -> dict[str, Any]:
+    """What the record keeps of an interface: its port maps and, with them, the forwarder."""
+    maps = [str(port_map) for _, port_map, ip in ports if ip == str(attachment.address)]
+    return {**attachment.to_record(), "port_maps": maps, "forwarder": forwarder if maps else []}
+
+
+def _setup_error(message: dict[str, Any]) -> StartError:
+    """The StartError of PID 1's "error" report (the step, errno and path it names)."""
+    return StartError(message.get("message") or "set-up failed", step=message.get("step"),
+                      errno=message.get("errno"), path=message.get("path"))
 
 
 def _service_identity(init_pid: int) -> tuple[int, int]:
@@ -281,9 +292,7 @@ class Launch:
             if event == "ready":
                 ready = message
             elif event == "error":
-                raise StartError(message.get("message") or "set-up failed",
-                                 step=message.get("step"), errno=message.get("errno"),
-                                 path=message.get("path"))
+                raise _setup_error(message)
         self.env = {str(k): str(v) for k, v in ready["env"].items()}
         self.cwd = str(ready["cwd"])
         self.notes = [str(note) for note in ready.get("notes", [])]
@@ -314,9 +323,7 @@ class Launch:
         for fd in fds:
             os.close(fd)
         if message is not None and message.get("event") == "error":
-            raise StartError(message.get("message") or "set-up failed",
-                             step=message.get("step"), errno=message.get("errno"),
-                             path=message.get("path"))
+            raise _setup_error(message)
         raise StartError("the instance's PID 1 exited during set-up")
 
     def network_ready(self, interfaces: list[dict[str, Any]]) -> None:

@@ -19,7 +19,7 @@ import os
 import signal as signals
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from instancelib.cgroups import control as cgroup_control
@@ -103,7 +103,7 @@ def stop_instances(instances: Sequence[Instance], *, signal: int = signals.SIGIN
         cgroup_control.remove(cgroup)
         stopped._forget()
     _wait_for_loop_devices([i for i, _ in pidfds])
-    _wait_for_veths([i for i, _ in pidfds])
+    _wait_for_network([i for i, _ in pidfds])
 
 
 def release_ended(record: InstanceRecord) -> None:
@@ -134,34 +134,37 @@ def _wait_for_loop_devices(stopped: Sequence[Instance]) -> None:
         return
     for registry in {i.registry for i in stopped}:
         devices -= {record.loop for record in registry.records() if record.loop}
-    deadline = time.monotonic() + _LOOP_RELEASE
-    while devices and time.monotonic() < deadline:
-        devices = {d for d in devices if _loop_attached(d)}
-        if devices:
-            time.sleep(0.001)
-    if devices:
-        log.debug("loop devices still attached after stop (shared?): %s", sorted(devices))
+    left = _wait_until_gone(devices, _loop_attached, _LOOP_RELEASE)
+    if left:
+        log.debug("loop devices still attached after stop (shared?): %s", sorted(left))
 
 
-def _wait_for_veths(stopped: Sequence[Instance]) -> None:
-    """Return once the host ends of the stopped instances' veths are gone.
+def _wait_for_network(stopped: Sequence[Instance]) -> None:
+    """Return once the stopped instances' veths and port forwarders are gone.
 
-    The kernel deletes them with the instance's network namespace, which it
-    tears down shortly after PID 1 has exited.
+    PID 1 deletes its veths as it exits (a veth killed with SIGKILL goes with
+    its namespace, shortly after); a forwarder exits when its PID 1 has.
     """
-    links = {str(i["host_ifname"]) for s in stopped for i in s.record.interfaces
-             if i.get("host_ifname")}
-    deadline = time.monotonic() + _VETH_RELEASE
-    while links and time.monotonic() < deadline:
-        links = {link for link in links if _link_exists(link)}
-        if links:
-            time.sleep(0.001)
-    if links:
-        log.warning("network links still present after stop: %s", sorted(links))
-    forwarders = {tuple(i["forwarder"]) for s in stopped for i in s.record.interfaces
-                  if len(i.get("forwarder") or ()) == 2}
-    for pid, starttime in forwarders:  # it ends with its instance's PID 1
+    interfaces = [i for s in stopped for i in s.record.interfaces]
+    links = {str(i["host_ifname"]) for i in interfaces if i.get("host_ifname")}
+    left = _wait_until_gone(links, _link_exists, _VETH_RELEASE)
+    if left:
+        log.warning("network links still present after stop: %s", sorted(left))
+    for pid, starttime in {tuple(i["forwarder"]) for i in interfaces
+                           if len(i.get("forwarder") or ()) == 2}:
         portmaps.wait_for_forwarder(int(pid), int(starttime))
+
+
+def _wait_until_gone(things: set[str], present: Callable[[str], bool],
+                     seconds: float) -> set[str]:
+    """Poll until none of ``things`` is ``present`` any more, for ``seconds`` at most;
+    return those still there."""
+    deadline = time.monotonic() + seconds
+    while things and time.monotonic() < deadline:
+        things = {thing for thing in things if present(thing)}
+        if things:
+            time.sleep(0.001)
+    return things
 
 
 def _link_exists(name: str) -> bool:

@@ -141,9 +141,12 @@ class Allocator:
         raise NameConflict(f"network {self.network.name!r} has no free address ({subnet})")
 
     def hand_over(self, address: ipaddress.IPv4Address, holder: Holder) -> None:
-        """Make ``holder`` (the instance's PID 1) the holder of ``address``."""
-        with self._locked():
-            self._write(address, holder)
+        """Make ``holder`` (the instance's PID 1) the holder of ``address``.
+
+        No lock: the file is replaced by a rename, and a reader sees the caller
+        or PID 1 as its holder, both alive now, so the address stays taken.
+        """
+        self._write(address, holder)
 
     def release(self, address: ipaddress.IPv4Address, holder: Holder | None = None) -> None:
         """Free ``address`` (only if ``holder`` still holds it, when given)."""

@@ -39,8 +39,8 @@ def plan_network(network: Sequence[str] | None,
 
     Raises:
         InvalidArgument: an unknown network, a malformed definition or argument.
-        Unsupported: a definition instancelib cannot carry out, or a network
-            this version cannot join yet.
+        Unsupported: a definition instancelib cannot carry out, or port maps on a
+            network whose definition has no portmap plugin.
     """
     if network is None:
         return NetworkPlan(namespace=False)
