@@ -27,6 +27,7 @@ from tests.helpers import (
     loop_devices,
     network_links,
     our_cgroups,
+    routing_state,
 )
 from tests.images import (  # noqa: F401 (session fixtures, registered by being imported here)
     busybox_rootfs,
@@ -47,6 +48,7 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     os.environ["INSTANCELIB_NETWORK_STATE"] = str(tmp_path_factory.mktemp("network-state"))
     processes_before = instance_processes()
     links_before = network_links()
+    routing_before = routing_state()
     cgroup_tops_before = cgroup_tops()
     mounts_before = host_mounts()
     loops_before = loop_devices()
@@ -63,6 +65,7 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     assert loop_devices() - loops_before == set(), "loop devices left attached"
     # Bridges and veths are made only in network namespaces the tests make themselves.
     assert network_links() - links_before == set(), "network links added to the host"
+    assert routing_state() == routing_before, "the host's forwarding or nf_tables changed"
     # Nor cgroups outside instancelib's tree (the peers a test runs, podman, make their own).
     assert cgroup_tops() - cgroup_tops_before == set(), "cgroups left at a hierarchy's top"
     # The fork-servers remove their spares' cgroups as they exit: give them a moment.

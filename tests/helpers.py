@@ -139,6 +139,16 @@ def network_links() -> set[str]:
         return {line.split(":")[0].strip() for line in f.readlines()[2:]}
 
 
+def routing_state() -> tuple[str, bool]:
+    """This namespace's IPv4 forwarding setting, and whether instancelib's nf_tables table is
+    there (both are changed only in network namespaces the tests make)."""
+    from instancelib.linux import netns  # noqa: PLC0415
+
+    with open("/proc/sys/net/ipv4/ip_forward") as f:
+        forwarding = f.read().strip()
+    return forwarding, netns.nft_exists(netns.NFPROTO_IPV4, "instancelib")
+
+
 def cgroup_tops() -> set[str]:
     """The cgroups at the top of every hierarchy, instancelib's own trees left out."""
     root = "/sys/fs/cgroup"

@@ -20,8 +20,8 @@ from typing import Any
 
 from instancelib.linux import syscalls
 
-__all__ = ["add_address", "add_route", "bring_up", "configure", "delete_link",
-           "enter_new_network_namespace"]
+__all__ = ["NFPROTO_IPV4", "add_address", "add_route", "bring_up", "configure", "delete_link",
+           "enter_new_network_namespace", "nft_exists"]
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -64,22 +64,25 @@ def _attribute(kind: int, payload: bytes) -> bytes:
     return _RTATTR.pack(length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
 
 
-def _request(kind: int, body: bytes, *, create: bool = True) -> None:
-    """Send one rtnetlink request and wait for its acknowledgement (an ``OSError`` if refused)."""
+def _request(kind: int, body: bytes, *, create: bool = True,
+             protocol: int = _NETLINK_ROUTE) -> None:
+    """Send one netlink request and wait for its acknowledgement (an ``OSError`` if refused);
+    replies before the acknowledgement (a ``GET``'s object) are skipped."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                       _NETLINK_ROUTE) as sock:
+                       protocol) as sock:
         sock.bind((0, 0))
         flags = _NLM_F_REQUEST | _NLM_F_ACK | (_NLM_F_CREATE | _NLM_F_EXCL if create else 0)
         sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, 1, 0) + body)
-        reply = sock.recv(65536)
-    while reply:
-        length, message_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(reply)
-        if message_type == _NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
-            if code:
-                raise OSError(-code, os.strerror(-code))
-            return
-        reply = reply[max(length, _NLMSGHDR.size):]
+        for _ in range(8):  # the object, then the acknowledgement: bounded
+            reply = sock.recv(65536)
+            while reply:
+                length, message_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(reply)
+                if message_type == _NLMSG_ERROR:
+                    (code,) = struct.unpack_from("=i", reply, _NLMSGHDR.size)
+                    if code:
+                        raise OSError(-code, os.strerror(-code))
+                    return
+                reply = reply[max(length, _NLMSGHDR.size):]
     raise OSError(errno.EPROTO, "no acknowledgement from the kernel")
 
 
@@ -128,3 +131,32 @@ def configure(interfaces: list[dict[str, Any]]) -> None:
         bring_up(name)
         for destination, prefix, gateway in interface.get("routes") or []:
             add_route(name, str(destination), int(prefix), str(gateway) if gateway else None)
+
+
+# nf_tables over nfnetlink: only the question whether a table or chain exists (the
+# rules themselves are made by nftables' own ``nft``, see network/firewall.py).
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETTABLE, _NFT_MSG_GETCHAIN = (10 << 8) | 1, (10 << 8) | 4  # NFNL_SUBSYS_NFTABLES
+_NFTA_TABLE_NAME, _NFTA_CHAIN_TABLE, _NFTA_CHAIN_NAME = 1, 1, 3
+_NFGENMSG = struct.Struct("=BBH")
+NFPROTO_IPV4 = 2
+
+
+def nft_exists(family: int, table: str, chain: str | None = None) -> bool:
+    """Whether nf_tables has ``table`` (of ``family``), or ``chain`` in it, in this namespace."""
+    def name(kind: int, value: str) -> bytes:
+        return _attribute(kind, value.encode() + b"\0")
+
+    if chain is None:
+        kind, attributes = _NFT_MSG_GETTABLE, name(_NFTA_TABLE_NAME, table)
+    else:
+        kind = _NFT_MSG_GETCHAIN
+        attributes = name(_NFTA_CHAIN_TABLE, table) + name(_NFTA_CHAIN_NAME, chain)
+    try:
+        _request(kind, _NFGENMSG.pack(family, 0, 0) + attributes, create=False,
+                 protocol=_NETLINK_NETFILTER)
+    except OSError as err:
+        if err.errno == errno.ENOENT:
+            return False
+        raise
+    return True

@@ -22,7 +22,7 @@ import attrs
 from instancelib.errors import StartError, Unsupported
 from instancelib.linux import procfs
 from instancelib.linux.userns import has_host_root
-from instancelib.network import portmaps
+from instancelib.network import firewall, portmaps
 from instancelib.network.args import PortMap
 from instancelib.network.client import get_helper
 from instancelib.network.config import Network
@@ -83,6 +83,12 @@ def allocate(plan: NetworkPlan, name: str) -> list[Attachment]:
         raise Unsupported(f"network {plan.networks[0].name!r}: bridges and veths are "
                           "root's; an ordinary user's instances get network='none' in this "
                           "version", name=name)
+    for network in plan.networks:
+        if network.ip_masq and firewall.find_nft() is None:
+            raise Unsupported(f"network {network.name!r} ({network.source}) masquerades "
+                              "(ipMasq): that needs nftables' nft, not found (Debian: "
+                              "apt-get install nftables; or define the network with "
+                              '"ipMasq": false)', name=name)
     made: list[Attachment] = []
     try:
         for index, network in enumerate(plan.networks):
@@ -121,6 +127,7 @@ def attach(attachments: list[Attachment], netns_fd: int, name: str) -> None:
         reply = get_helper().request(
             {"op": "attach", "kind": network.kind, "bridge": network.bridge,
              "gateway": str(network.gateway), "prefix": network.subnet.prefixlen,
+             "subnet": str(network.subnet), "ip_masq": network.ip_masq,
              "address": str(attachment.address), "host_ifname": attachment.host_ifname,
              "ifname": attachment.ifname}, [netns_fd])
         if not reply.get("ok"):

@@ -13,6 +13,9 @@ event loop.  A request is one ``wire`` message:
   routes the inner end itself (``linux/netns.py``).
 - ``ping``.
 
+For a network with ``ipMasq`` the helper also makes its masquerade chain and
+turns IPv4 forwarding on (``firewall``), both checked at every attach.
+
 The veth goes away with the namespace when the instance ends; nothing has to
 be detached.  The helper exits when the caller's end of its socket closes.
 """
@@ -20,12 +23,14 @@ be detached.  The helper exits when the caller's end of its socket closes.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import sys
 from typing import Any
 
 from instancelib.linux import wire
+from instancelib.network import firewall
 
 __all__ = ["main"]
 
@@ -36,6 +41,14 @@ class _Links:
 
         self.ipr = IPRoute()
         self.bridges: dict[tuple[str, str, int], int] = {}  # made or checked: its index
+
+    @staticmethod
+    def route_out(subnet: str, masquerade: bool) -> None:
+        # Checked at every attach (a /proc read and one nfnetlink question, ~50 µs):
+        # a ruleset flushed meanwhile is made again.
+        firewall.ensure_forwarding()
+        if masquerade:
+            firewall.ensure_masquerade(ipaddress.IPv4Network(subnet))
 
     def index(self, name: str) -> int | None:
         found = self.ipr.link_lookup(ifname=name)
@@ -65,6 +78,7 @@ class _Links:
     def attach(self, request: dict[str, Any], netns_fd: int) -> None:
         host_end = str(request["host_ifname"])
         peer = {"ifname": str(request["ifname"]), "net_ns_fd": netns_fd}
+        self.route_out(str(request["subnet"]), bool(request.get("ip_masq")))
         if request["kind"] == "bridge":
             bridge = self.ensure_bridge(str(request["bridge"]), str(request["gateway"]),
                                         int(request["prefix"]))

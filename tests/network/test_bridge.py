@@ -271,3 +271,80 @@ out["stopped"] = cli("instance", "stop", "composed").returncode
     assert out["started"][0] == 0, out["started"][1]
     assert [(i["instance"], i["ip"]) for i in out["list"]] == [("composed", "10.22.0.2")]
     assert out["mapped"] == "hi-composed\n" and out["stopped"] == 0
+
+
+WORLD = """import os, socket, sys, time
+from instancelib.linux import netns
+deadline = time.monotonic() + 30
+while "w1" not in open("/proc/net/dev").read() and time.monotonic() < deadline:
+    time.sleep(0.01)
+netns.add_address("w1", "192.0.2.1", 24)
+netns.bring_up("w1")
+netns.bring_up("lo")
+server = socket.create_server(("0.0.0.0", 7000))
+server.settimeout(60)
+print("ready", flush=True)
+for _ in range(10):                      # bounded: the test makes fewer requests
+    client, peer = server.accept()
+    client.recv(4096)
+    client.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n" + peer[0].encode() + b"\\n")
+    client.close()
+"""
+
+
+@ROOT_ONLY
+def test_masquerade_and_forwarding_take_instances_out_through_the_host(make_image, tmp_path):
+    """A second namespace stands for the world beyond the host: its server sees the host's
+    address for masqueraded networks, and answers nothing it has no route back to."""
+    (tmp_path / "world.py").write_text(WORLD)
+    networks = tmp_path / "networks"
+    networks.mkdir()
+    (networks / "plain.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "plain", "plugins": [{
+            "type": "bridge", "bridge": "sbr9", "isGateway": True, "ipMasq": False,
+            "ipam": {"type": "host-local", "subnet": "10.30.0.0/16",
+                     "routes": [{"dst": "0.0.0.0/0"}]}}]}))
+    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+import subprocess
+from instancelib.linux import netns as nl
+world = subprocess.Popen(["unshare", "--net", sys.executable, str(work / "world.py")],
+                         stdout=subprocess.PIPE, text=True)
+try:
+    subprocess.run(["ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1", "netns",
+                    str(world.pid)], check=True)
+    subprocess.run(["ip", "addr", "add", "192.0.2.2/24", "dev", "w0"], check=True)
+    subprocess.run(["ip", "link", "set", "w0", "up"], check=True)
+    subprocess.run(["ip", "route", "add", "default", "via", "192.0.2.1"], check=True)
+    assert world.stdout.readline().strip() == "ready"
+    out["forward_before"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    def out_of(instance):
+        # (busybox 1.35's wget -T crashes: timeout bounds it instead)
+        return instance.exec(["timeout", "2", "wget", "-q", "-O-",
+                              "http://192.0.2.1:7000/"]).stdout.strip()
+    b, p, q = start("b"), start("p", network="ptp"), start("q", network="ptp")
+    out["bridge_out"] = out_of(b)
+    out["ptp_out"] = out_of(p)
+    out["ptp_to_ptp"] = p.exec(["timeout", "2", "wget", "-q", "-O-", f"http://{q.ip}/"]).stdout
+    out["forward_after"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    out["chains"] = [nl.nft_exists(nl.NFPROTO_IPV4, "instancelib", c)
+                     for c in ("masq_10_22_0_0_16", "masq_10_23_0_0_16", "masq_10_30_0_0_16")]
+    out["plain_out"] = out_of(start("plain", network="plain"))
+finally:
+    world.kill(); world.wait()
+""")
+    assert out["forward_before"] == "0" and out["forward_after"] == "1"
+    assert out["bridge_out"] == "192.0.2.2" and out["ptp_out"] == "192.0.2.2"   # masqueraded
+    assert out["ptp_to_ptp"] == "hi-q\n"                                          # routed
+    assert out["chains"] == [True, True, False]
+    assert out["plain_out"] == ""      # not masqueraded: the world has no route back
+
+
+@ROOT_ONLY
+def test_a_masqueraded_network_without_nft_is_refused_before_anything_starts(
+        image, start, monkeypatch, tmp_path):
+    monkeypatch.setenv("INSTANCELIB_NETWORK_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr("instancelib.network.firewall.find_nft", lambda: None)
+    with pytest.raises(Unsupported, match="apt-get install nftables"):
+        start(image, network="bridge")
+    assert not (tmp_path / "state" / "bridge").exists() or \
+        sorted(os.listdir(tmp_path / "state" / "bridge")) == [".lock"]
