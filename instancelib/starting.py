@@ -110,6 +110,9 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         # Host ports are bound now (in use: an error before anything starts); the
         # forwarder gets them once PID 1 runs, and ends with it.
         ports = network_attach.bind_ports(plan.network, attachments, name)
+        user_mode = plan.network.user_mode
+        if user_mode is not None:  # pasta binds them itself: in use is an error now too
+            network_attach.check_ports_free(user_mode, name)
         for port in ports:
             on_failure.callback(port[0].close)
         cgroup_plan = cgroup_tree.plan(name, options.limits)
@@ -147,13 +150,20 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
                 raise StartError("cannot set up the instance's cgroup", name=name,
                                  errno=err.errno, path=err.filename) from err
             launch.cgroup_ready(to_join)
-        if attachments:
+        forwarder: list[int] = []
+        if attachments or user_mode is not None:
             try:
-                netns_fd = launch.wait_for_netns(deadline)
+                netns_fd, userns_fd = launch.wait_for_netns(deadline)
                 try:
-                    network_attach.attach(attachments, netns_fd, name)
+                    if user_mode is not None:
+                        forwarder = list(network_attach.start_pasta(
+                            user_mode, (netns_fd, userns_fd),
+                            (launch.init_pid, launch.starttime), err_fd, name))
+                    else:
+                        network_attach.attach(attachments, netns_fd, name)
                 finally:
                     os.close(netns_fd)
+                    os.close(userns_fd)
             except StartError as err:
                 err.name = name
                 raise
@@ -166,7 +176,6 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             raise
         for note in launch.notes:
             log.info("instance %r: %s", name, note)
-        forwarder: list[int] = []
         if ports:
             forwarder = list(portmaps.start_forwarder(ports, launch.init_pid, launch.starttime,
                                                       name))
@@ -182,7 +191,8 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             | (CLONE_NEWNET if plan.network.namespace else 0),
             loop=launch.loop, cgroup=cgroup.to_dict() if cgroup is not None else None,
             ip=str(attachments[0].address) if attachments else "",
-            interfaces=[_interface_record(a, ports, forwarder) for a in attachments],
+            interfaces=[_interface_record(a, ports, forwarder) for a in attachments]
+            + ([network_attach.user_mode_record(user_mode, forwarder)] if user_mode else []),
         )
         written.append(record)
         registry.publish(record, launch.env, name_lock)
@@ -307,8 +317,9 @@ class Launch:
             raise StartError("the instance's PID 1 exited during set-up")
         self.starttime = stat.starttime
 
-    def wait_for_netns(self, deadline: float) -> int:
-        """PID 1's network namespace, as a descriptor (it sends it once it has made it)."""
+    def wait_for_netns(self, deadline: float) -> tuple[int, int]:
+        """PID 1's network namespace and the user namespace owning it, as descriptors (it
+        sends them once it has made the network namespace)."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise StartTimeout("the instance did not finish setting up in time")
@@ -318,8 +329,8 @@ class Launch:
         except TimeoutError:
             raise StartTimeout("the instance did not make its network namespace in time") \
                 from None
-        if message is not None and message.get("event") == "netns" and len(fds) == 1:
-            return fds[0]
+        if message is not None and message.get("event") == "netns" and len(fds) == 2:
+            return fds[0], fds[1]
         for fd in fds:
             os.close(fd)
         if message is not None and message.get("event") == "error":

@@ -146,6 +146,8 @@ def routing_state() -> tuple[str, bool]:
 
     with open("/proc/sys/net/ipv4/ip_forward") as f:
         forwarding = f.read().strip()
+    if os.geteuid() != 0:
+        return forwarding, False  # nf_tables answers only CAP_NET_ADMIN (and users make none)
     return forwarding, netns.nft_exists(netns.NFPROTO_IPV4, "instancelib")
 
 

@@ -171,11 +171,14 @@ def _enter_network_namespace(channel: socket.socket, interfaces: bool) -> None:
         raise container.SetupError("make the network namespace", err.strerror or "",
                                    errno=err.errno) from err
     if interfaces:
-        fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        # With the user namespace that owns it (pasta joins both).
+        fds = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+               for kind in ("net", "user")]
         try:
-            wire.send_message(channel, {"event": "netns"}, [fd])
+            wire.send_message(channel, {"event": "netns"}, fds)
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
 
 
 def _await_network(channel: socket.socket) -> None:

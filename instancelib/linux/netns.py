@@ -30,9 +30,20 @@ _IFREQ = struct.Struct("16sH22x")  # ifr_name, ifr_flags, the rest of the 40-byt
 
 
 def enter_new_network_namespace() -> None:
-    """Move the calling process into a new network namespace (``lo`` is up afterwards)."""
+    """Move the calling process into a new network namespace (``lo`` is up afterwards).
+
+    Its ports are all the instance's, so its services may bind those below 1024
+    whatever user they run as (``net.ipv4.ip_unprivileged_port_start=0`` in this
+    namespace only, as Docker sets it): a web server image's port 80 works in an
+    ordinary user's instance too.
+    """
     syscalls.unshare(syscalls.CLONE_NEWNET)
     bring_up("lo")
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start", "w") as setting:
+            setting.write("0")
+    except OSError:
+        pass  # an older kernel (< 4.11) or a read-only /proc/sys: the default stays
 
 
 def bring_up(name: str) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "MS_REMOUNT",
     "MS_SLAVE",
     "MS_UNBINDABLE",
+    "die_with_parent",
     "mount",
     "mount_setattr_readonly",
     "pidfd_send_signal",
@@ -72,6 +73,7 @@ MNT_DETACH = 2
 
 _MOUNT_ATTR_RDONLY = 0x1
 _AT_RECURSIVE = 0x8000
+_PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
 # Numbers of the syscalls glibc may not wrap (pivot_root never; the others
@@ -99,6 +101,10 @@ _libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 _libc.prctl.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong
 ]
+# prctl with a number where PR_SET_NAME has a string (a function object of its own).
+_prctl_number = ctypes.CDLL(None, use_errno=True).prctl
+_prctl_number.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                          ctypes.c_ulong]
 _libc.syscall.restype = ctypes.c_long
 
 
@@ -216,6 +222,12 @@ def set_process_title(title: str) -> None:
     with open("/proc/self/mem", "r+b", buffering=0) as mem:
         mem.seek(start)
         mem.write(raw + b"\0" * (end - start - len(raw)))
+
+
+def die_with_parent(signal_number: int) -> None:
+    """Have the kernel send ``signal_number`` to this process when its parent exits."""
+    if _prctl_number(_PR_SET_PDEATHSIG, int(signal_number), 0, 0, 0) != 0:
+        raise _fail("prctl(PR_SET_PDEATHSIG)")
 
 
 def prctl_set_name(name: str) -> None:

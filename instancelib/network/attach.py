@@ -21,16 +21,15 @@ import attrs
 
 from instancelib.errors import StartError, Unsupported
 from instancelib.linux import procfs
-from instancelib.linux.userns import has_host_root
-from instancelib.network import firewall, portmaps
+from instancelib.network import firewall, pasta, portmaps
 from instancelib.network.args import PortMap
 from instancelib.network.client import get_helper
 from instancelib.network.config import Network
 from instancelib.network.ipam import Allocator, Holder
-from instancelib.network.plan import NetworkPlan
+from instancelib.network.plan import PASTA, NetworkPlan, UserModeNetwork
 
-__all__ = ["Attachment", "allocate", "attach", "bind_ports", "hand_over", "release",
-           "release_recorded"]
+__all__ = ["Attachment", "allocate", "attach", "bind_ports", "check_ports_free", "hand_over",
+           "release", "release_recorded", "start_pasta", "user_mode_record"]
 
 
 @attrs.frozen
@@ -79,10 +78,6 @@ def allocate(plan: NetworkPlan, name: str) -> list[Attachment]:
         Unsupported: the caller may not make these networks here.
         InvalidArgument, NameConflict: a requested address outside the range, or taken.
     """
-    if plan.networks and not has_host_root():
-        raise Unsupported(f"network {plan.networks[0].name!r}: bridges and veths are "
-                          "root's; an ordinary user's instances get network='none' in this "
-                          "version", name=name)
     for network in plan.networks:
         if network.ip_masq and firewall.find_nft() is None:
             raise Unsupported(f"network {network.name!r} ({network.source}) masquerades "
@@ -134,6 +129,35 @@ def attach(attachments: list[Attachment], netns_fd: int, name: str) -> None:
             raise StartError(f"cannot join network {network.name!r}: {reply.get('error')}",
                              name=name, step=f"make {attachment.ifname}",
                              errno=reply.get("errno"))
+
+
+def check_ports_free(network: UserModeNetwork, name: str) -> None:
+    """Raise as ``portmaps.bind`` does if a host port of ``network``'s maps is taken."""
+    for sock, _ in portmaps.bind(network.port_maps, name):
+        sock.close()
+
+
+def start_pasta(network: UserModeNetwork, namespaces: tuple[int, int], pid1: tuple[int, int],
+                log_fd: int, name: str) -> tuple[int, int]:
+    """pasta for the ``namespaces`` (network, user: descriptors) of PID 1 (``pid1``: PID,
+    start time), under its forwarder; the forwarder's identity, once pasta has configured
+    the namespace.
+
+    The user namespace goes to pasta only when it is not the caller's own (an
+    ordinary user's instance, or fakeroot).
+    """
+    netns_fd, userns_fd = namespaces
+    own = os.stat("/proc/self/ns/user").st_ino == os.fstat(userns_fd).st_ino
+    command = pasta.argv(network.port_maps, netns_fd, None if own else userns_fd)
+    fds = [netns_fd] if own else [netns_fd, userns_fd]
+    return portmaps.start_forwarder([], pid1[0], pid1[1], name, pasta=(command, fds, log_fd))
+
+
+def user_mode_record(network: UserModeNetwork, forwarder: list[int]) -> dict[str, Any]:
+    """The record's interface of a pasta network (its address is the host's: not recorded)."""
+    return {"network": network.name, "kind": PASTA, "ifname": "eth0", "host_ifname": "",
+            "address": "", "port_maps": [str(m) for m in network.port_maps],
+            "forwarder": forwarder}
 
 
 def hand_over(attachments: list[Attachment], holder: Holder) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from instancelib.errors import NameConflict, PermissionDenied, StartError
@@ -34,13 +36,13 @@ _LAUNCH = (
     "    sys.modules[name] = pkg\n"
     "child = os.fork()\n"
     "if child:\n"
-    "    os.write(int(sys.argv[3]), str(child).encode())\n"
+    "    os.write(int(sys.argv[3]), str(child).encode() + b'\\n')\n"
     "    os._exit(0)\n"
-    "os.close(int(sys.argv[3]))\n"
     "from instancelib.network import forwarder\n"
-    "forwarder.main(int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])\n"
+    "forwarder.main(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])\n"
 )
-_FORWARDER_EXIT = 2.0  # seconds the forwarder may take to see its instance end
+_REPORT_WAIT = 30.0  # seconds the forwarder may take to say it is set up
+_FORWARDER_EXIT = 4.0  # seconds the forwarder may take to see its instance end (and pasta's)
 
 
 def bind(port_maps: Sequence[PortMap], name: str) -> list[tuple[socket.socket, PortMap]]:
@@ -75,24 +77,34 @@ def bind(port_maps: Sequence[PortMap], name: str) -> list[tuple[socket.socket, P
 
 
 def start_forwarder(bound: list[tuple[socket.socket, PortMap, str]], pid: int, starttime: int,
-                    name: str) -> tuple[int, int]:
-    """Start the instance's forwarder (detached) for ``(socket, map, instance address)``s;
-    return its (PID, start time)."""
-    spec = json.dumps([[sock.fileno(), m.protocol, address, m.container]
-                       for sock, m, address in bound])
+                    name: str, *, pasta: tuple[list[str], list[int], int] | None = None
+                    ) -> tuple[int, int]:
+    """Start the instance's forwarder (detached) for ``(socket, map, instance address)``s and,
+    with ``pasta`` (its command line, the descriptors it gets, the error log's descriptor),
+    the instance's pasta; return the forwarder's (PID, start time) once all is set up.
+
+    Raises:
+        StartError: the forwarder or pasta could not be started (pasta's words in it).
+    """
+    spec = {"maps": [[sock.fileno(), m.protocol, address, m.container]
+                     for sock, m, address in bound],
+            "pasta": pasta[0] if pasta else None, "fds": pasta[1] if pasta else [],
+            "log": pasta[2] if pasta else None}
+    inherited = [sock.fileno() for sock, _, _ in bound] + (
+        [*pasta[1], pasta[2]] if pasta else [])
     read_end, write_end = os.pipe()
     try:
         launcher = subprocess.Popen(
             [sys.executable, "-c", _LAUNCH, os.path.dirname(_NETWORK_DIR), _NETWORK_DIR,
-             str(write_end), str(pid), str(starttime), spec],
-            pass_fds=[write_end, *(sock.fileno() for sock, _, _ in bound)],
+             str(write_end), str(pid), str(starttime), json.dumps(spec)],
+            pass_fds=[write_end, *inherited],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=None if os.environ.get("INSTANCELIB_DEBUG") else subprocess.DEVNULL,
             start_new_session=True, env={"LC_CTYPE": "C.UTF-8"})
         os.close(write_end)
         write_end = -1
         launcher.wait(timeout=30)
-        child = os.read(read_end, 32)
+        said = _read_report(read_end)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise StartError("cannot start the port forwarder", name=name,
                          errno=getattr(err, "errno", None)) from err
@@ -100,10 +112,26 @@ def start_forwarder(bound: list[tuple[socket.socket, PortMap, str]], pid: int, s
         os.close(read_end)
         if write_end >= 0:
             os.close(write_end)
+    child, _, report = said.partition("\n")
     stat = procfs.read_stat(int(child)) if child.isdigit() else None
-    if stat is None:
-        raise StartError("the port forwarder did not start", name=name)
+    if report != "ok" or stat is None:
+        what = "pasta" if pasta else "the port forwarder"
+        raise StartError(f"{what} did not start: {report.removeprefix('error: ') or 'exited'}",
+                         name=name, step="set up the network")
     return int(child), stat.starttime
+
+
+def _read_report(fd: int) -> str:
+    """Everything written to the report pipe until its last writer closes it (bounded)."""
+    chunks = []
+    deadline = time.monotonic() + _REPORT_WAIT
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([fd], [], [], left)
+        chunk = os.read(fd, 4096) if readable else b""
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace").strip()
 
 
 def wait_for_forwarder(pid: int, starttime: int) -> None:

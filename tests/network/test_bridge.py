@@ -10,77 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-import instancelib
 from instancelib import Unsupported
 from instancelib.linux.userns import has_host_root
+from tests.network.hostns import END_WORLD, HTTPD, JOIN_WORLD, in_own_network
 
 ROOT_ONLY = pytest.mark.skipif(not has_host_root(), reason="needs root: bridges and veths are "
                                "root's (an ordinary user's case is tested below)")
-HTTPD = "#!/bin/sh\nmkdir -p /www && echo hi-$1 > /www/index.html\nexec httpd -f -p 80 -h /www\n"
-
-PROLOGUE = """
-import json, os, signal, socket, sys, time
-from pathlib import Path
-from instancelib import Image, Instance, InstanceRegistry, NameConflict
-from instancelib.linux import netns
-netns.bring_up("lo")
-work = Path(sys.argv[1])
-registry = InstanceRegistry(work / "registry")
-image = Image(sys.argv[2])
-out = {}
-
-def links():
-    with open("/proc/net/dev") as f:   # this namespace's (sysfs shows the host's)
-        return sorted(line.split(":")[0].strip() for line in f.readlines()[2:])
-
-def start(name, **options):
-    return Instance.start(image, name, registry=registry, writable_tmpfs=True, args=[name],
-                          network=options.pop("network", "bridge"), **options)
-
-def fetch(address):
-    return fetch_port(address, 80)
-
-def fetch_port(address, port):
-    with socket.create_connection((address, port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-        response = b""
-        while chunk := s.recv(4096):   # to the end: headers and body may come apart
-            response += chunk
-    return response.decode().split("\\r\\n\\r\\n", 1)[-1]
-"""
-EPILOGUE = """
-print(json.dumps(out))
-"""
-CLEANUP = """
-finally:
-    for instance in registry.list():   # also when the body failed: nothing may outlive it
-        instance.stop(force=True)
-"""
-
-
-def _in_own_network(tmp_path: Path, image_path: str, body: str) -> dict:  # type: ignore[type-arg]
-    script = tmp_path / "script.py"
-    script.write_text(PROLOGUE + "try:\n" + textwrap.indent(body, "    ") + CLEANUP + EPILOGUE)
-    env = dict(os.environ, INSTANCELIB_NETWORK_STATE=str(tmp_path / "state"),
-               INSTANCELIB_NETWORK_DIR=str(tmp_path / "networks"),
-               PYTHONPATH=str(Path(instancelib.__file__).resolve().parents[1]))
-    result = subprocess.run(["unshare", "--net", sys.executable, str(script), str(tmp_path),
-                             image_path], env=env, capture_output=True, text=True, timeout=180,
-                            check=False)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 @ROOT_ONLY
 def test_bridge_instances_reach_each_other_and_the_host_reaches_them(make_image, tmp_path):
-    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+    out = in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
 a, b = start("a"), start("b")
 out["ips"] = [a.ip, b.ip]
 out["a_to_b"] = a.exec(["wget", "-q", "-O-", f"http://{b.ip}/"]).stdout
@@ -109,7 +51,7 @@ out["bridge_kept"] = "sbr0" in links()
 
 @ROOT_ONLY
 def test_addresses_are_distinct_reused_and_can_be_requested(make_image, tmp_path):
-    out = _in_own_network(tmp_path, make_image().path, """
+    out = in_own_network(tmp_path, make_image().path, """
 first = start("first")
 asked = start("asked", network_args=["IP=10.22.7.7"])
 out["asked"] = asked.ip
@@ -132,7 +74,7 @@ out["distinct"] = len({m.ip for m in many} | {asked.ip}) == 11
 
 @ROOT_ONLY
 def test_an_instance_killed_from_outside_frees_its_address_and_links(make_image, tmp_path):
-    out = _in_own_network(tmp_path, make_image().path, """
+    out = in_own_network(tmp_path, make_image().path, """
 victim = start("victim")
 address, host_end = victim.ip, victim.record.interfaces[0]["host_ifname"]
 os.kill(victim.pid, signal.SIGKILL)
@@ -151,17 +93,26 @@ out["reused"] = start("next").ip == address
     assert out["reused"]
 
 
-def test_an_ordinary_user_is_told_bridges_are_roots(image, start, monkeypatch, tmp_path):
-    if has_host_root():
-        monkeypatch.setattr("instancelib.network.attach.has_host_root", lambda: False)
-    monkeypatch.setenv("INSTANCELIB_NETWORK_STATE", str(tmp_path / "state"))
-    with pytest.raises(Unsupported, match="bridges and veths are root's"):
-        start(image, network="bridge")
+def test_an_ordinary_users_named_network_is_planned_as_pasta(monkeypatch):
+    from instancelib.network import pasta  # noqa: PLC0415
+    from instancelib.network.plan import plan_network  # noqa: PLC0415
+
+    monkeypatch.setattr("instancelib.network.plan.has_host_root", lambda: False)
+    monkeypatch.setattr(pasta, "tun_usable", lambda: True)
+    plan = plan_network(["bridge"], ["portmap=8080:80/tcp"])
+    assert plan.namespace and plan.networks == () and plan.user_mode is not None
+    assert plan.user_mode.name == "bridge" and [str(m) for m in plan.user_mode.port_maps] == [
+        "8080:80/tcp"]
+    with pytest.raises(Unsupported, match="the instance's only one"):
+        plan_network(["bridge", "ptp"], [])
+    monkeypatch.setattr(pasta, "tun_usable", lambda: False)
+    with pytest.raises(Unsupported, match="pasta needs /dev/net/tun, which is mode"):
+        plan_network(["bridge"], [])
 
 
 @ROOT_ONLY
 def test_ptp_instances_are_routed_to_and_from_the_host(make_image, tmp_path):
-    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+    out = in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
 import threading, http.server
 class Hello(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -205,7 +156,7 @@ while True:
 @ROOT_ONLY
 def test_port_maps_reach_the_instance_on_loopback_and_outer_addresses(make_image, tmp_path):
     (tmp_path / "echo.py").write_text(UDP_ECHO)   # a UDP echo server in the instance's network
-    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+    out = in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
 import subprocess
 subprocess.run(["ip", "link", "add", "outer0", "type", "veth", "peer", "name", "outer1"],
                check=True)
@@ -251,7 +202,7 @@ with open("/proc/net/tcp") as table:   # nobody listens on the host port any mor
 
 @ROOT_ONLY
 def test_the_cli_joins_a_bridge_with_singularity_composes_quoted_port_map(make_image, tmp_path):
-    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
+    out = in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
 import subprocess
 env = dict(os.environ, INSTANCELIB_HOME=str(registry.root))
 def cli(*args):
@@ -273,30 +224,10 @@ out["stopped"] = cli("instance", "stop", "composed").returncode
     assert out["mapped"] == "hi-composed\n" and out["stopped"] == 0
 
 
-WORLD = """import os, socket, sys, time
-from instancelib.linux import netns
-deadline = time.monotonic() + 30
-while "w1" not in open("/proc/net/dev").read() and time.monotonic() < deadline:
-    time.sleep(0.01)
-netns.add_address("w1", "192.0.2.1", 24)
-netns.bring_up("w1")
-netns.bring_up("lo")
-server = socket.create_server(("0.0.0.0", 7000))
-server.settimeout(60)
-print("ready", flush=True)
-for _ in range(10):                      # bounded: the test makes fewer requests
-    client, peer = server.accept()
-    client.recv(4096)
-    client.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n" + peer[0].encode() + b"\\n")
-    client.close()
-"""
-
-
 @ROOT_ONLY
 def test_masquerade_and_forwarding_take_instances_out_through_the_host(make_image, tmp_path):
     """A second namespace stands for the world beyond the host: its server sees the host's
     address for masqueraded networks, and answers nothing it has no route back to."""
-    (tmp_path / "world.py").write_text(WORLD)
     networks = tmp_path / "networks"
     networks.mkdir()
     (networks / "plain.conflist").write_text(json.dumps({
@@ -304,23 +235,14 @@ def test_masquerade_and_forwarding_take_instances_out_through_the_host(make_imag
             "type": "bridge", "bridge": "sbr9", "isGateway": True, "ipMasq": False,
             "ipam": {"type": "host-local", "subnet": "10.30.0.0/16",
                      "routes": [{"dst": "0.0.0.0/0"}]}}]}))
-    out = _in_own_network(tmp_path, make_image(startscript=HTTPD).path, """
-import subprocess
+    out = in_own_network(tmp_path, make_image(startscript=HTTPD).path, JOIN_WORLD + """
 from instancelib.linux import netns as nl
-world = subprocess.Popen(["unshare", "--net", sys.executable, str(work / "world.py")],
-                         stdout=subprocess.PIPE, text=True)
 try:
-    subprocess.run(["ip", "link", "add", "w0", "type", "veth", "peer", "name", "w1", "netns",
-                    str(world.pid)], check=True)
-    subprocess.run(["ip", "addr", "add", "192.0.2.2/24", "dev", "w0"], check=True)
-    subprocess.run(["ip", "link", "set", "w0", "up"], check=True)
-    subprocess.run(["ip", "route", "add", "default", "via", "192.0.2.1"], check=True)
-    assert world.stdout.readline().strip() == "ready"
     out["forward_before"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
     def out_of(instance):
         # (busybox 1.35's wget -T crashes: timeout bounds it instead)
         return instance.exec(["timeout", "2", "wget", "-q", "-O-",
-                              "http://192.0.2.1:7000/"]).stdout.strip()
+                              "http://198.51.100.1:7000/"]).stdout.strip()
     b, p, q = start("b"), start("p", network="ptp"), start("q", network="ptp")
     out["bridge_out"] = out_of(b)
     out["ptp_out"] = out_of(p)
@@ -330,10 +252,9 @@ try:
                      for c in ("masq_10_22_0_0_16", "masq_10_23_0_0_16", "masq_10_30_0_0_16")]
     out["plain_out"] = out_of(start("plain", network="plain"))
 finally:
-    world.kill(); world.wait()
-""")
+""" + textwrap.indent(END_WORLD, "    "))
     assert out["forward_before"] == "0" and out["forward_after"] == "1"
-    assert out["bridge_out"] == "192.0.2.2" and out["ptp_out"] == "192.0.2.2"   # masqueraded
+    assert out["bridge_out"] == "198.51.100.2" and out["ptp_out"] == "198.51.100.2"   # masqueraded
     assert out["ptp_to_ptp"] == "hi-q\n"                                          # routed
     assert out["chains"] == [True, True, False]
     assert out["plain_out"] == ""      # not masqueraded: the world has no route back

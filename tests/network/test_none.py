@@ -114,3 +114,13 @@ def test_the_cli_flags(image, registry):
                image.path, "cli-bad")
     assert bad.returncode == 255 and "portmap=x/tcp" in bad.stderr
     assert [i.name for i in registry.list()] == ["cli-none"]
+
+
+def test_an_instance_with_its_own_network_may_bind_low_ports_as_any_user(image, start):
+    """The namespace's ports are the instance's: port 80 without root, for users too."""
+    box = start(image, network="none")
+    assert box.exec(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).stdout == "0\n"
+    listen = "nc -l -p 80 & sleep 0.3; netstat -ltn; kill $!"
+    bound = box.exec(["sh", "-c", 'if [ "$(id -u)" = 0 ]; then exec su -s /bin/sh nobody -c '
+                      f'"{listen}"; else {listen}; fi'])   # never as root inside
+    assert ":80 " in bound.stdout, bound.stderr
