@@ -2,16 +2,19 @@
 """Network benchmark: what a network namespace, a bridge and a ptp link add to start and stop.
 
 Medians over ``-n`` rounds, interleaved, of ``Instance.start()`` and ``stop()``
-with ``network=None`` (the host's), ``"none"``, ``"bridge"`` and ``"ptp"``; and
+with ``network=None`` (the host's), ``"none"``, ``"bridge"``, ``"ptp"`` and
+``"pasta"`` (the user-mode network ordinary users get); and
 TCP throughput from the host side to an instance's address and through a
 port map on 127.0.0.1 (``--mb`` MiB, the instance's busybox ``nc`` discarding
 them).  With podman installed, its
 ``--network bridge`` start and stop in the same run (storage in a temporary
 directory), for comparison.
 
-It runs as root inside a network namespace of its own (it re-executes itself
-under ``unshare --net``), which stands for the host: the bridge, the veths
-and the traffic never touch the machine's network.
+It runs as root inside a network (and mount) namespace of its own (it
+re-executes itself under ``unshare --net --mount``), which stands for the
+host: the bridge, the veths and the traffic never touch the machine's
+network.  A veth pair with an address and a default route there stands for
+the host's outside link, which ``"pasta"`` copies into its instances.
 
     python3 benchmarks/network.py [-n 20] [--mb 256]
 """
@@ -153,21 +156,29 @@ def main() -> int:
         return 2
     if os.environ.get(MARKER) != "1":
         env = dict(os.environ, **{MARKER: "1"})
-        return subprocess.run(["unshare", "--net", sys.executable, *sys.argv], env=env,
-                              check=False).returncode
+        # A mount namespace too: podman's network makes /run/netns a mount point.
+        return subprocess.run(["unshare", "--net", "--mount", "--propagation", "private",
+                               sys.executable, *sys.argv], env=env, check=False).returncode
 
     from instancelib import Image, InstanceRegistry  # noqa: PLC0415
     from instancelib.build.busybox import make_busybox_rootfs  # noqa: PLC0415
     from instancelib.linux import netns  # noqa: PLC0415
 
     netns.bring_up("lo")
+    # podman makes /run/netns (and more under /run): a /run of this namespace's own.
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "bench-run", "/run"], check=True)
+    for command in (["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+                    ["ip", "addr", "add", "198.51.100.2/24", "dev", "up0"],
+                    ["ip", "link", "set", "up0", "up"], ["ip", "link", "set", "up1", "up"],
+                    ["ip", "route", "add", "default", "via", "198.51.100.1"]):
+        subprocess.run(command, check=True)
     work = Path(tempfile.mkdtemp(prefix="instancelib-bench-network-"))
     os.environ["INSTANCELIB_NETWORK_STATE"] = str(work / "state")
     try:
         registry = InstanceRegistry(work / "registry")
         idle = Image(make_busybox_rootfs(work / "idle", startscript=IDLE))
         sink = Image(make_busybox_rootfs(work / "sink", startscript=SINK))
-        kinds = [None, "none", "bridge", "ptp"]
+        kinds = [None, "none", "bridge", "ptp", "pasta"]
         results = _rounds(idle, registry, kinds, args.n)
         rate = _throughput(sink, registry, args.mb, mapped=False)
         mapped_rate = _throughput(sink, registry, args.mb, mapped=True)

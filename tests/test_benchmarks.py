@@ -14,20 +14,26 @@ from pathlib import Path
 import pytest
 
 from instancelib.linux.userns import has_host_root
-from tests.helpers import cgroup_tops, network_links
+from tests.helpers import cgroup_tops, host_mounts, network_links, routing_state
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.skipif(not has_host_root(), reason="needs root: the network benchmark makes "
                     "bridges and veths (in a network namespace of its own)")
-def test_the_network_benchmark_runs_and_leaves_no_cgroup_or_link():
-    cgroups, links = cgroup_tops(), network_links()
+def test_the_network_benchmark_runs_and_leaves_nothing_behind():
+    cgroups, links, mounts = cgroup_tops(), network_links(), host_mounts()
+    routing = routing_state()
+    run_entries = set(Path("/run").iterdir())
     result = subprocess.run([sys.executable, str(BENCHMARKS / "network.py"), "-n", "1",
                              "--mb", "1"], capture_output=True, text=True, timeout=300,
                             check=False)
     assert result.returncode == 0, result.stderr
-    assert "| bridge" in result.stdout and "| podman --network bridge |" in result.stdout
+    assert "| bridge" in result.stdout and "| pasta" in result.stdout
+    assert "| podman --network bridge |" in result.stdout
     assert "MiB/s" in result.stdout
     assert cgroup_tops() - cgroups == set()   # podman's libpod_parent, say
     assert network_links() - links == set()
+    assert host_mounts() == mounts             # podman's network mounts /run/netns
+    assert routing_state() == routing
+    assert set(Path("/run").iterdir()) == run_entries   # nor /run/netns, /run/containers

@@ -20,7 +20,7 @@ from typing import Any
 
 from instancelib.linux import syscalls
 
-__all__ = ["NFPROTO_IPV4", "add_address", "add_route", "bring_up", "configure", "delete_link",
+__all__ = ["NFPROTO_IPV4", "add_address", "add_route", "bring_up", "configure",
            "enter_new_network_namespace", "nft_exists"]
 
 _SIOCGIFFLAGS = 0x8913
@@ -57,7 +57,7 @@ def bring_up(name: str) -> None:
 
 # rtnetlink (rtnetlink(7)): the two messages PID 1 sends inside its own namespace.
 _NETLINK_ROUTE = 0
-_RTM_DELLINK, _RTM_NEWADDR, _RTM_NEWROUTE, _NLMSG_ERROR = 17, 20, 24, 2
+_RTM_NEWADDR, _RTM_NEWROUTE, _NLMSG_ERROR = 20, 24, 2
 _NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_EXCL, _NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 _RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
@@ -66,7 +66,6 @@ _RT_SCOPE_LINK = 253
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFADDRMSG = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_IFINFOMSG = struct.Struct("=BxHiII")
 _RTATTR = struct.Struct("=HH")
 
 
@@ -119,15 +118,6 @@ def add_route(interface: str, destination: str, prefix: int, gateway: str | None
         body += _attribute(_RTA_GATEWAY, socket.inet_aton(gateway))
     body += _attribute(_RTA_OIF, struct.pack("=i", index))
     _request(_RTM_NEWROUTE, body)
-
-
-def delete_link(interface: str) -> None:
-    """Delete ``interface`` (a veth's inner end: its host end goes at once with it)."""
-    try:
-        index = socket.if_nametoindex(interface)
-    except OSError:
-        return
-    _request(_RTM_DELLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0), create=False)
 
 
 def configure(interfaces: list[dict[str, Any]]) -> None:

@@ -120,7 +120,9 @@ def test_an_instance_with_its_own_network_may_bind_low_ports_as_any_user(image, 
     """The namespace's ports are the instance's: port 80 without root, for users too."""
     box = start(image, network="none")
     assert box.exec(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).stdout == "0\n"
-    listen = "nc -l -p 80 & sleep 0.3; netstat -ltn; kill $!"
-    bound = box.exec(["sh", "-c", 'if [ "$(id -u)" = 0 ]; then exec su -s /bin/sh nobody -c '
-                      f'"{listen}"; else {listen}; fi'])   # never as root inside
+    # nc gives up after a second by itself, and holds none of exec's pipes.
+    listen = "timeout 1 nc -l -p 80 </dev/null >/dev/null 2>&1 & sleep 0.3; netstat -ltn"
+    script = f"if [ \"$(id -u)\" = 0 ]; then exec su -s /bin/sh nobody -c '{listen}'; " \
+             f"else {listen}; fi"                       # never as root inside
+    bound = box.exec(["sh", "-c", script], timeout=20)
     assert ":80 " in bound.stdout, bound.stderr
