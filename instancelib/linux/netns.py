@@ -157,7 +157,8 @@ def nft_exists(family: int, table: str, chain: str | None = None) -> bool:
         _request(kind, _NFGENMSG.pack(family, 0, 0) + attributes, create=False,
                  protocol=_NETLINK_NETFILTER)
     except OSError as err:
-        if err.errno == errno.ENOENT:
+        # No such object, or no nfnetlink at all (nf_tables not loaded yet): none there.
+        if err.errno in (errno.ENOENT, errno.EPROTONOSUPPORT):
             return False
         raise
     return True

@@ -73,6 +73,24 @@ out["distinct"] = len({m.ip for m in many} | {asked.ip}) == 11
 
 
 @ROOT_ONLY
+def test_30_concurrent_starts_get_30_distinct_addresses(make_image, tmp_path):
+    out = in_own_network(tmp_path, make_image().path, """
+from concurrent.futures import ThreadPoolExecutor
+with ThreadPoolExecutor(max_workers=10) as pool:
+    started = list(pool.map(lambda n: start(f"c{n}"), range(30)))
+out["ips"] = [i.ip for i in started]
+out["inside"] = [i.exec(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout for i in started]
+out["held"] = len([f for f in os.listdir(work / "state" / "bridge") if f != ".lock"])
+registry.stop()
+out["held_after"] = sorted(os.listdir(work / "state" / "bridge"))
+""")
+    assert len(set(out["ips"])) == 30
+    assert all(f"{ip}/16" in inside for ip, inside in
+               zip(out["ips"], out["inside"], strict=True))
+    assert out["held"] == 30 and out["held_after"] == [".lock"]
+
+
+@ROOT_ONLY
 def test_an_instance_killed_from_outside_frees_its_address_and_links(make_image, tmp_path):
     out = in_own_network(tmp_path, make_image().path, """
 victim = start("victim")
