@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from instancelib.cli.parser import build_parser
+from instancelib.cli.parser import UsageError, build_parser
 from instancelib.errors import InstanceError
 from instancelib.registry import InstanceRegistry
 
@@ -78,7 +78,11 @@ _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        sys.stderr.write(f"{'FATAL:':<9}{err}\n")
+        return ERROR_EXIT
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     log.addHandler(handler)

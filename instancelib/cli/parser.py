@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 from collections.abc import Sequence
+from typing import NoReturn
 
 import attrs
 
@@ -13,18 +14,34 @@ from instancelib.errors import InvalidArgument
 from instancelib.network.args import split_flag_values
 from instancelib.options import StartOptions
 from instancelib.readiness import CommandProbe, FileProbe, Probe, TcpProbe
+from instancelib.version import __version__
 
-__all__ = ["INSTANCE_URI", "build_parser", "instance_name", "parse_build_args", "parse_env",
-           "parse_signal", "start_options"]
+__all__ = ["INSTANCE_URI", "UsageError", "build_parser", "instance_name", "parse_build_args",
+           "parse_env", "parse_signal", "start_options"]
 
 INSTANCE_URI = "instance://"
 
 
+class UsageError(Exception):
+    """A command line the grammar refuses (argparse would print its usage and exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised for ``main`` to report as Singularity does (one
+    ``FATAL:`` line, exit 255), never argparse's usage text and exit status 2.  Subparsers
+    are made of this class too (``add_subparsers`` takes the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="instancelib",
         description="Run container images as named background instances.",
     )
+    parser.add_argument("--version", action="version", version=f"instancelib version {__version__}",
+                        help="print the version and exit")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-d", "--debug", action="store_true", help="print debugging output")
     verbosity.add_argument("-q", "--quiet", action="store_true",
