@@ -90,7 +90,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                            errno=err.errno) from err
             network = plan.get("network") or {}
             if network.get("namespace"):
-                _enter_network_namespace(channel, bool(network.get("interfaces")))
+                _enter_network_namespace(channel, bool(network.get("host_side")))
             # The plan's note changes what works inside (fakeroot without a
             # range): it goes to the instance's log; set-up notes only to the caller.
             if plan.get("note"):
@@ -104,7 +104,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                 _await_cgroup(channel, roots)
             for fd in roots.values():
                 os.close(fd)
-            if network.get("interfaces"):
+            if network.get("host_side"):
                 # The service never sees a half-made network: the host side has made
                 # the interfaces; we address and route them before anything runs.
                 _await_network(channel)
@@ -156,20 +156,19 @@ def _open_cgroup_roots(paths: Any) -> dict[str, int]:
     return roots
 
 
+def _enter_network_namespace(channel: socket.socket, host_side: bool) -> None:
+    """A network namespace of our own (``lo`` up); with ``host_side``, hand it to the caller.
 
-
-def _enter_network_namespace(channel: socket.socket, interfaces: bool) -> None:
-    """A network namespace of our own (``lo`` up); with ``interfaces``, hand it to the caller.
-
-    The caller's side makes the veth pairs with their inner ends in it (it
-    gets the namespace as a descriptor: our PID may not be in its view).
+    The caller's side makes the veth pairs with their inner ends in it, or
+    starts pasta for it (it gets the namespace as a descriptor: our PID may not
+    be in its view).
     """
     try:
         netns.enter_new_network_namespace()
     except OSError as err:
         raise container.SetupError("make the network namespace", err.strerror or "",
                                    errno=err.errno) from err
-    if interfaces:
+    if host_side:
         # With the user namespace that owns it (pasta joins both).
         fds = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
                for kind in ("net", "user")]

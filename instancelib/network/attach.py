@@ -148,7 +148,8 @@ def start_pasta(network: UserModeNetwork, namespaces: tuple[int, int], pid1: tup
     """
     netns_fd, userns_fd = namespaces
     own = os.stat("/proc/self/ns/user").st_ino == os.fstat(userns_fd).st_ino
-    command = pasta.argv(network.port_maps, netns_fd, None if own else userns_fd)
+    command = pasta.argv(network.name, network.port_maps, netns_fd,
+                         None if own else userns_fd)
     fds = [netns_fd] if own else [netns_fd, userns_fd]
     return portmaps.start_forwarder([], pid1[0], pid1[1], name, pasta=(command, fds, log_fd))
 

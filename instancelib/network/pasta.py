@@ -42,11 +42,17 @@ def find_pasta() -> str | None:
     return shutil.which("pasta", path=_SEARCH)
 
 
-def check_usable(network: str) -> None:
-    """Raise ``Unsupported`` (before anything starts) if pasta cannot serve here."""
-    if find_pasta() is None:
+def _path(network: str) -> str:
+    path = find_pasta()
+    if path is None:
         raise Unsupported(f"network {network!r}: an instance's user-mode network needs pasta, "
                           "not found (Debian: apt-get install passt)")
+    return path
+
+
+def check_usable(network: str) -> None:
+    """Raise ``Unsupported`` (before anything starts) if pasta cannot serve here."""
+    _path(network)
     if not tun_usable():
         try:
             info = os.stat(TUN)
@@ -74,13 +80,11 @@ def _spec(port_map: PortMap) -> str:
     return f"{where}{port_map.host}:{port_map.container}"
 
 
-def argv(port_maps: Sequence[PortMap], netns_fd: int, userns_fd: int | None) -> list[str]:
+def argv(network: str, port_maps: Sequence[PortMap], netns_fd: int,
+         userns_fd: int | None) -> list[str]:
     """pasta's command line for the namespaces at ``netns_fd`` (and ``userns_fd``, when the
     instance has a user namespace of its own), without ``--pid`` (the forwarder adds it)."""
-    path = find_pasta()
-    if path is None:
-        raise Unsupported("pasta is not installed (Debian: apt-get install passt)")
-    command = [path, "--config-net", "--quiet", "--foreground", "--ns-ifname", "eth0",
+    command = [_path(network), "--config-net", "--quiet", "--foreground", "--ns-ifname", "eth0",
                "--netns", f"/proc/self/fd/{netns_fd}"]
     if userns_fd is not None:
         command += ["--userns", f"/proc/self/fd/{userns_fd}"]

@@ -51,12 +51,12 @@ class NetworkPlan:
     user_mode: UserModeNetwork | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        interfaces = [{"name": f"eth{i}", "network": n.to_dict()}
-                      for i, n in enumerate(self.networks)]
-        if self.user_mode is not None:  # PID 1 waits for pasta as for the host's veths
-            interfaces.append({"name": "eth0", "network": {"name": self.user_mode.name,
-                                                           "kind": PASTA}})
-        return {"namespace": self.namespace, "interfaces": interfaces}
+        # host_side: PID 1 hands its namespaces over and waits until the host's side (the
+        # veths, or pasta) is ready before anything of the image runs.
+        return {"namespace": self.namespace,
+                "host_side": bool(self.networks) or self.user_mode is not None,
+                "interfaces": [{"name": f"eth{i}", "network": n.to_dict()}
+                               for i, n in enumerate(self.networks)]}
 
 
 def plan_network(network: Sequence[str] | None,
