@@ -11,11 +11,6 @@ The public API, re-exported from the modules that define it::
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from instancelib.binds import Bind as Bind
-from instancelib.cgroups import CgroupInfo as CgroupInfo
-from instancelib.cgroups import Device as Device
-from instancelib.cgroups import Limits as Limits
-from instancelib.cgroups import Stats as Stats
 from instancelib.errors import BuildError as BuildError
 from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
@@ -31,33 +26,55 @@ from instancelib.errors import StartError as StartError
 from instancelib.errors import StartTimeout as StartTimeout
 from instancelib.errors import Timeout as Timeout
 from instancelib.errors import Unsupported as Unsupported
-from instancelib.image import Image as Image
-from instancelib.instance import Instance as Instance
-from instancelib.instance import InstanceStatus as InstanceStatus
-from instancelib.network.args import PortMap as PortMap
-from instancelib.process import ExecResult as ExecResult
-from instancelib.process import InstanceProcess as InstanceProcess
-from instancelib.readiness import CommandProbe as CommandProbe
-from instancelib.readiness import FileProbe as FileProbe
-from instancelib.readiness import TcpProbe as TcpProbe
-from instancelib.records.record import InstanceRecord as InstanceRecord
-from instancelib.registry import InstanceRegistry as InstanceRegistry
 from instancelib.version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from instancelib.binds import Bind as Bind
     from instancelib.build import BuildProgress as BuildProgress
     from instancelib.build import build_image as build_image
+    from instancelib.cgroups import CgroupInfo as CgroupInfo
+    from instancelib.cgroups import Device as Device
+    from instancelib.cgroups import Limits as Limits
+    from instancelib.cgroups import Stats as Stats
+    from instancelib.foreground import Image as Image
     from instancelib.image.deffile import Definition as Definition
     from instancelib.image.inspect import AppMetadata as AppMetadata
     from instancelib.image.inspect import ImageMetadata as ImageMetadata
+    from instancelib.instance import Instance as Instance
+    from instancelib.instance import InstanceStatus as InstanceStatus
+    from instancelib.network.args import PortMap as PortMap
+    from instancelib.process import ExecResult as ExecResult
+    from instancelib.process import InstanceProcess as InstanceProcess
+    from instancelib.readiness import CommandProbe as CommandProbe
+    from instancelib.readiness import FileProbe as FileProbe
+    from instancelib.readiness import TcpProbe as TcpProbe
+    from instancelib.records.record import InstanceRecord as InstanceRecord
+    from instancelib.registry import InstanceRegistry as InstanceRegistry
 
-# Building and inspecting images are imported on first use: starting, listing
-# and stopping instances (and the CLI's commands for them) do not pay for them.
+# Everything but the errors and the version is imported on first use: a program
+# (the CLI above all: `singularity --version`, `instance list`) pays only for the
+# modules it touches, not for all of instancelib.
 _LAZY = {
     "AppMetadata": "instancelib.image.inspect",
+    "Bind": "instancelib.binds",
     "BuildProgress": "instancelib.build",
+    "CgroupInfo": "instancelib.cgroups",
+    "CommandProbe": "instancelib.readiness",
     "Definition": "instancelib.image.deffile",
+    "Device": "instancelib.cgroups",
+    "ExecResult": "instancelib.process",
+    "FileProbe": "instancelib.readiness",
+    "Image": "instancelib.foreground",
     "ImageMetadata": "instancelib.image.inspect",
+    "Instance": "instancelib.instance",
+    "InstanceProcess": "instancelib.process",
+    "InstanceRecord": "instancelib.records.record",
+    "InstanceRegistry": "instancelib.registry",
+    "InstanceStatus": "instancelib.instance",
+    "Limits": "instancelib.cgroups",
+    "PortMap": "instancelib.network.args",
+    "Stats": "instancelib.cgroups",
+    "TcpProbe": "instancelib.readiness",
     "build_image": "instancelib.build",
 }
 
@@ -113,7 +130,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'instancelib' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
-    value.__module__ = "instancelib"
+    if isinstance(value, type):
+        value.__module__ = "instancelib"
     globals()[name] = value
     return value
 

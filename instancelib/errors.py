@@ -80,7 +80,7 @@ class InstanceError(Exception):
 
     def __str__(self) -> str:
         parts = []
-        if self.name is not None:
+        if self.name is not None and not _names(self.message, self.name):
             parts.append(f"instance {self.name!r}: ")
         if self.step is not None:
             parts.append(f"{self.step}: ")
@@ -100,6 +100,12 @@ class InstanceError(Exception):
             if value is not None:
                 fields.append(f"{key}={value!r}")
         return f"{type(self).__name__}({', '.join(fields)})"
+
+
+def _names(message: str, name: str) -> bool:
+    """Whether ``message`` already names the instance (Singularity's "instance NAME already
+    exists", "no instance found with name NAME"): then no prefix repeats it."""
+    return f"instance {name} " in message or message.endswith(f"with name {name}")
 
 
 class InvalidArgument(InstanceError, ValueError):

@@ -135,6 +135,8 @@ class Instance(metaclass=_NoPublicConstructor):
         network: str | Sequence[str] | None = None,
         network_args: str | PortMap | Sequence[str | PortMap] = (),
         dns: str | Sequence[str] | None = None,
+        service: bool = True,
+        end_with_caller: bool = False,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -175,6 +177,12 @@ class Instance(metaclass=_NoPublicConstructor):
             network_args: Apptainer's ``[NETWORK:]KEY=VALUE;...`` strings
                 (``portmap=8080:80/tcp``, ``IP=10.22.0.5``) or ``PortMap`` objects.
             dns: DNS servers: the instance's ``/etc/resolv.conf`` names only them.
+            service: ``False``: run neither script; the instance idles until it is
+                stopped (what ``Image.exec`` runs its command in).
+            end_with_caller: end the instance (SIGKILL to all of it) as soon as
+                the process that started it ends, also when that process is
+                killed: nothing of a notebook's or a foreground command's
+                instance outlives it.
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
@@ -192,7 +200,8 @@ class Instance(metaclass=_NoPublicConstructor):
             args=args, run=run, writable_tmpfs=writable_tmpfs, binds=binds, env=env,
             cleanenv=cleanenv, contain=contain, hostname=hostname, pid_file=pid_file,
             ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
-            network_args=network_args, dns=dns)
+            network_args=network_args, dns=dns, service=service,
+            end_with_caller=end_with_caller)
         return start_instance(image, name, options, registry=registry, make=cls._started)
 
     @classmethod

@@ -81,6 +81,7 @@ class LaunchPlan:
     command_kind: str
     args: tuple[str, ...]
     timeout: float
+    end_with_caller: bool = False
     userns: dict[str, Any] | None = None
     note: str | None = None
     network: NetworkPlan = attrs.field(factory=lambda: NetworkPlan(namespace=False))
@@ -100,6 +101,7 @@ class LaunchPlan:
             "cwd": list(self.cwd),
             "command": {"kind": self.command_kind, "args": list(self.args)},
             "timeout": self.timeout,
+            "end_with_caller": self.end_with_caller,
             "userns": self.userns,
             "note": self.note,
             "network": self.network.to_wire(),
@@ -230,7 +232,8 @@ def build_launch_plan(
         env_overrides=overrides,
         env_runtime=environment.runtime_variables(name, image.path),
         cwd=tuple(dict.fromkeys((cwd, home, "/"))),
-        command_kind="run" if options.run else "start",
+        command_kind="idle" if not options.service else "run" if options.run else "start",
+        end_with_caller=options.end_with_caller,
         args=options.args,
         timeout=options.timeout,
         userns=user_namespace,

@@ -115,8 +115,13 @@ class StartOptions:
     network: tuple[str, ...] | None = attrs.field(default=None, converter=_network)
     network_args: tuple[str | PortMap, ...] = attrs.field(default=(), converter=_network_args)
     dns: tuple[str, ...] = attrs.field(default=(), converter=_dns)
+    service: bool = attrs.field(default=True, converter=bool)
+    end_with_caller: bool = attrs.field(default=False, converter=bool)
 
     def __attrs_post_init__(self) -> None:
+        if not self.service and (self.run or self.args or self.ready is not None):
+            raise InvalidArgument("service=False runs no script: run, args and ready do "
+                                  "not apply")
         if self.network_args and self.network in (None, ("none",)):
             has = "no network" if self.network else "the host's network"
             raise InvalidArgument(f"network_args need a network to apply to (network=...); "
@@ -132,7 +137,8 @@ class StartOptions:
                 "network": list(self.network) if self.network is not None else None,
                 "network_args": [str(a) if isinstance(a, str) else f"portmap={a}"
                                  for a in self.network_args],
-                "dns": list(self.dns)}
+                "dns": list(self.dns), "service": self.service,
+                "end_with_caller": self.end_with_caller}
 
     def arguments(self) -> dict[str, Any]:
         """The options as ``Instance.start`` keyword arguments."""

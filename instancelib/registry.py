@@ -23,9 +23,12 @@ __all__ = ["InstanceRecord", "InstanceRegistry", "default_root", "validate_name"
 class InstanceRegistry(InstanceRecords):
     """The running instances of one user on this host.
 
-    ``root`` and ``user`` are those of ``InstanceRecords``: where records and
-    logs live (default ``$INSTANCELIB_HOME``, else ``~/.instancelib``), and
-    another user's instances (name or UID; only root may ask, explicitly).
+    ``root``, ``user`` and ``layout`` are those of ``InstanceRecords``: where
+    records and logs live (default ``$INSTANCELIB_HOME``, else
+    ``~/.instancelib``), another user's instances (name or UID; only root may
+    ask, explicitly), and ``layout="singularity"``/``"apptainer"`` to keep the
+    logs where those tools' clients read them
+    (``~/.singularity/instances/logs/<host>/<user>/<name>.out``).
 
     Reading (``list``, ``get``) never blocks on other processes; a record
     whose instance has ended is removed as it is read (with its cgroup).
@@ -36,8 +39,8 @@ class InstanceRegistry(InstanceRecords):
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
-                 user: str | int | None = None) -> None:
-        super().__init__(root, user=user, on_ended=stopping.release_ended)
+                 user: str | int | None = None, layout: str = "instancelib") -> None:
+        super().__init__(root, user=user, on_ended=stopping.release_ended, layout=layout)
 
     def list(self, pattern: str = "*") -> builtins.list[Instance]:
         """Running instances whose names match the glob ``pattern``, sorted by name."""
@@ -52,7 +55,7 @@ class InstanceRegistry(InstanceRecords):
         """
         record = self.running_record(name)
         if record is None:
-            raise NotFound(f"no instance named {name!r} is running", name=name)
+            raise NotFound(f"no instance found with name {name}", name=name)
         return Instance._from_record(record, self)
 
     def stop(self, pattern: str = "*", *, signal: int = signal.SIGINT, timeout: float = 10.0,

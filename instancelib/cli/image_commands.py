@@ -14,10 +14,10 @@ from instancelib.cli.parser import parse_build_args
 from instancelib.errors import NotFound
 from instancelib.image import Image
 from instancelib.image.sif import SIFImage
-from instancelib.registry import InstanceRegistry
 
 if TYPE_CHECKING:
     from instancelib.build import BuildProgress
+    from instancelib.cli.main import Session
     from instancelib.image.inspect import ImageMetadata
 
 __all__ = ["build_command", "inspect_command", "sif_command"]
@@ -25,7 +25,7 @@ __all__ = ["build_command", "inspect_command", "sif_command"]
 log = logging.getLogger("instancelib")
 
 
-def sif_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+def sif_command(args: argparse.Namespace, session: Session) -> int:
     image = SIFImage.open(args.image)
     if args.sif_command == "header":
         sys.stdout.write(siftool.format_header(image))
@@ -69,7 +69,7 @@ class _BuildReporter:
             self.bar = False
 
 
-def build_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+def build_command(args: argparse.Namespace, session: Session) -> int:
     from instancelib.build import build_image  # noqa: PLC0415 (only this command builds)
 
     build_args = parse_build_args(args.build_arg, args.build_arg_file)
@@ -110,7 +110,7 @@ def _selected(metadata: ImageMetadata, args: argparse.Namespace) -> ImageMetadat
                       for name in ("deffile", "runscript", "startscript", "test", "helpfile")})
 
 
-def inspect_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+def inspect_command(args: argparse.Namespace, session: Session) -> int:
     shown = _selected(Image(args.image).inspect(), args)
     if args.json or args.all:
         sys.stdout.write(go_json_line(shown.to_dict()))

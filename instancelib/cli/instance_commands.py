@@ -1,4 +1,5 @@
-"""``instance start|run|list|stop|stats``, ``exec``, ``run`` and ``shell``."""
+"""``instance start|run|stop|stats``, and ``exec``, ``run``, ``shell``, ``test`` on an
+image (in the foreground) or on ``instance://NAME``."""
 
 from __future__ import annotations
 
@@ -7,66 +8,53 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from instancelib.cli.output import format_stats, go_json_line, tabulate
-from instancelib.cli.parser import instance_name, parse_env, parse_signal, start_options
+from instancelib import foreground
+from instancelib.cli.output import format_stats
+from instancelib.cli.parser import (
+    INSTANCE_URI,
+    instance_name,
+    parse_env,
+    parse_signal,
+    start_options,
+)
 from instancelib.cli.terminal import run_attached, shell_on_pty
+from instancelib.environment import prefixed_overrides
 from instancelib.errors import InvalidArgument, NotFound
-from instancelib.image import Image
+from instancelib.foreground import Image
 from instancelib.instance import Instance
-from instancelib.registry import InstanceRegistry
+from instancelib.linux import pathwalk
 from instancelib.stopping import stop_instances
 
 if TYPE_CHECKING:
     from instancelib.cgroups.stats import Stats
+    from instancelib.cli.main import Session
 
-__all__ = ["exec_command", "instance_list", "instance_start", "instance_stats", "instance_stop",
-           "run_command", "shell_command"]
+__all__ = ["exec_command", "instance_start", "instance_stats", "instance_stop",
+           "run_command", "shell_command", "test_command"]
 
 log = logging.getLogger("instancelib")
 
 
-def instance_start(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+def instance_start(args: argparse.Namespace, session: Session) -> int:
     options = start_options(args)
-    Instance.start(Image(args.image), args.name, registry=registry, **options.arguments())
+    Instance.start(Image(args.image), args.name, registry=session.registry(),
+                   **options.arguments())
     log.info("instance started successfully")
     return 0
 
 
-def instance_list(args: argparse.Namespace, registry: InstanceRegistry) -> int:
-    if args.json and args.logs:
-        raise InvalidArgument("--json and --logs cannot be used together")
-    if args.recover:
-        for instance in registry.recover():
-            log.info("recovered instance %s (pid %d)", instance.name, instance.pid)
-    records = registry.records(args.pattern)
-    if args.json:
-        sys.stdout.write(go_json_line({"instances": [
-            {"instance": r.name, "pid": r.pid, "img": r.image, "ip": r.ip,
-             "logErrPath": r.log_err, "logOutPath": r.log_out} for r in records]}))
-    elif args.logs:
-        rows = [["INSTANCE NAME", "PID"]]
-        trailing = ["LOGS"]
-        for r in records:
-            rows += [[r.name, str(r.pid)], ["", ""]]
-            trailing += [r.log_err, r.log_out]
-        sys.stdout.write(tabulate(rows, trailing))
-    else:
-        rows = [["INSTANCE NAME", "PID", "IP"]] + [[r.name, str(r.pid), r.ip] for r in records]
-        trailing = ["IMAGE"] + [r.image for r in records]
-        sys.stdout.write(tabulate(rows, trailing))
-    return 0
-
-
-def instance_stop(args: argparse.Namespace, registry: InstanceRegistry) -> int:
+def instance_stop(args: argparse.Namespace, session: Session) -> int:
     if args.all == bool(args.pattern):
         raise InvalidArgument("give an instance name (or pattern), or --all")
     pattern = "*" if args.all else args.pattern
-    instances = registry.list(pattern)
+    instances = session.registry().list(pattern)
     if not instances:
-        raise NotFound(f"no instance found matching {pattern!r}")
+        # Singularity's words, with --all and nothing running too (exit 255).
+        raise NotFound("no instance found" if args.all else
+                       f"no instance found with name {pattern}")
     for instance in instances:
         log.info("Stopping %s instance of %s (PID=%d)", instance.name, instance.image.path,
                  instance.pid)
@@ -75,10 +63,15 @@ def instance_stop(args: argparse.Namespace, registry: InstanceRegistry) -> int:
     return 0
 
 
-def instance_stats(args: argparse.Namespace, registry: InstanceRegistry) -> int:
-    instance = registry.get(args.name)
+def instance_stats(args: argparse.Namespace, session: Session) -> int:
+    instance = session.registry().get(args.name)
+    if not args.json:
+        log.info("Stats for %s instance of %s (PID=%d)", instance.name, instance.image.path,
+                 instance.pid)
+    # As Apptainer: JSON is one reading (the stream is the table's).
+    single = args.no_stream or args.json
     readings: Iterator[Stats] = (instance.stats(stream=True, interval=args.interval)
-                                 if not args.no_stream else iter([instance.stats()]))
+                                 if not single else iter([instance.stats()]))
     first = True
     for reading in readings:
         if first and reading.source == "processes":
@@ -87,36 +80,109 @@ def instance_stats(args: argparse.Namespace, registry: InstanceRegistry) -> int:
         if args.json:
             sys.stdout.write(json.dumps(reading.to_dict()) + "\n")
         else:
-            if not args.no_stream and sys.stdout.isatty():
+            if not single and sys.stdout.isatty():
                 sys.stdout.write("\033[H\033[2J")
             sys.stdout.write(format_stats([reading]))
         sys.stdout.flush()
     return 0
 
 
-def exec_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
-    instance = registry.get(instance_name(args.target))
-    command = list(args.args)
-    if command and command[0] == "--":
-        command = command[1:]
+# The options that shape a container: a running instance's were fixed at its start
+# (its mounts, namespaces, limits), so on instance://NAME they are ignored, with a
+# warning naming them, as joining an instance leaves it as it is.
+_SHAPING = ("bind", "contain", "cleanenv", "writable_tmpfs", "hostname", "fakeroot", "net",
+            "network", "network_args", "dns", "apply_cgroups", "memory", "memory_reservation",
+            "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "cpuset_mems", "blkio_weight",
+            "pids_limit", "blkio_weight_device")
+
+
+def _command_args(args: argparse.Namespace) -> list[str]:
+    command = list(getattr(args, "args", None) or [])
+    return command[1:] if command and command[0] == "--" else command
+
+
+def _exec_env(args: argparse.Namespace) -> dict[str, str]:
+    """The command's variables: the caller's APPTAINERENV_*/SINGULARITYENV_* (read now, as
+    Singularity reads them at each exec), then --env-file, then --env."""
+    env = prefixed_overrides(os.environ)
+    env.update(parse_env(args.env, args.env_file))
+    return env
+
+
+def _caller_cwd(instance: Instance, pwd: str | None) -> str | None:
+    """``--pwd``; else the caller's directory when it exists inside (as Singularity);
+    else None (the instance's own)."""
+    if pwd:
+        return pwd
+    try:
+        here = os.getcwd()
+        _canonical, exists = pathwalk.resolve_in_root(f"/proc/{instance.pid}/root", here)
+    except OSError:
+        return None
+    return here if exists else None
+
+
+def _attached(args: argparse.Namespace, session: Session,
+              command: Callable[[Instance], list[str]], *, shell: bool = False) -> int:
+    """Run ``command(instance)`` attached to this terminal in ``instance://NAME``, or on
+    the image ``args.target`` in a temporary instance (Singularity's foreground mode)."""
+    env = _exec_env(args)
+    if shell:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+        env.setdefault("PS1", session.personality.prompt)
+    if args.app:
+        env.setdefault("SCIF_APPNAME", args.app)
+    if args.target.startswith(INSTANCE_URI):
+        instance = session.registry().get(instance_name(args.target))
+        ignored = [f"--{name.replace('_', '-')}" for name in _SHAPING
+                   if getattr(args, name, None) not in (None, False, [], "")]
+        if ignored:
+            log.warning("%s: not applied to a running instance (set at its start)",
+                        ", ".join(ignored))
+        return _attach(instance, command(instance), env, _caller_cwd(instance, args.pwd),
+                       shell)
+    options = start_options(args, foreground=True).arguments()
+    for name in ("args", "run", "ready", "pid_file", "service", "end_with_caller", "timeout"):
+        options.pop(name, None)
+    with Image(args.target).temporary_instance(**options) as instance:
+        return _attach(instance, command(instance), env, _caller_cwd(instance, args.pwd),
+                       shell)
+
+
+def _attach(instance: Instance, argv: list[str], env: dict[str, str], cwd: str | None,
+            shell: bool) -> int:
+    if shell and os.isatty(0):
+        return shell_on_pty(instance, argv, env, cwd)
+    return run_attached(instance, argv, env, cwd)
+
+
+def exec_command(args: argparse.Namespace, session: Session) -> int:
+    command = _command_args(args)
     if not command:
         raise InvalidArgument("exec needs a command to run")
-    return run_attached(instance, command, parse_env(args.env), args.pwd)
+    return _attached(args, session, lambda _instance: command)
 
 
-def run_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
-    instance = registry.get(instance_name(args.target))
-    extra = list(args.args)
-    if extra and extra[0] == "--":
-        extra = extra[1:]
-    return run_attached(instance, instance.run_command(extra), parse_env(args.env), None)
+def run_command(args: argparse.Namespace, session: Session) -> int:
+    extra = _command_args(args)
+    return _attached(args, session, lambda instance: instance.run_command(extra))
 
 
-def shell_command(args: argparse.Namespace, registry: InstanceRegistry) -> int:
-    instance = registry.get(instance_name(args.target))
-    shell = "/bin/bash" if os.path.exists(f"/proc/{instance.pid}/root/bin/bash") else "/bin/sh"
-    env = parse_env(args.env)
-    env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    if not os.isatty(0):
-        return run_attached(instance, [shell], env, None)
-    return shell_on_pty(instance, [shell], env)
+def test_command(args: argparse.Namespace, session: Session) -> int:
+    return _attached(args, session, foreground.test_command)
+
+
+def shell_command(args: argparse.Namespace, session: Session) -> int:
+    def shell(instance: Instance) -> list[str]:
+        if args.shell_path:
+            return [args.shell_path]
+        root = f"/proc/{instance.pid}/root"
+        try:
+            has_bash = pathwalk.resolve_in_root(root, "/bin/bash")[1]
+        except OSError:
+            has_bash = False
+        # As Singularity: bash without the host's or the image's rc files (its prompt
+        # stays the one set here), else sh.
+        return ["/bin/bash", "--norc"] if has_bash else ["/bin/sh"]
+
+    return _attached(args, session, shell, shell=True)

@@ -14,29 +14,81 @@
     instancelib build [--sandbox] [--notest] [--force] [--build-arg K=V] TARGET SOURCE
     instancelib inspect [--labels|--deffile|--runscript|--startscript|--test|
                          --environment|--helpfile|--list-apps|--all] [--app APP] [--json] IMAGE
+    instancelib alias singularity|apptainer [DIR]
+    instancelib version
+
+Run under the name ``singularity`` or ``apptainer`` (a link, or the launcher
+``alias`` writes) it is that tool for its clients: its version string, its
+registry layout (logs under ``~/.singularity/instances/logs/...``), its prompt.
 
 Exit status: 0 on success; 255 on an error, with one ``FATAL:`` line on stderr
 (as Singularity); for ``exec``/``run``/``shell`` the command's own status
 (128+N when signal N ended it).
+
+This module is on the path of every call a client makes (spython runs
+``singularity --version`` before nearly everything), so it imports nothing
+heavy itself: the version is printed before the parser is even built, and each
+verb's module is imported when that verb runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-from instancelib.cli.parser import UsageError, build_parser
 from instancelib.errors import InstanceError
-from instancelib.registry import InstanceRegistry
+from instancelib.version import __version__
 
-__all__ = ["ERROR_EXIT", "main"]
+if TYPE_CHECKING:
+    import argparse
+
+    from instancelib.records.directory import InstanceRecords
+    from instancelib.registry import InstanceRegistry
+
+__all__ = ["ERROR_EXIT", "PERSONALITIES", "VERBOSE", "Personality", "Session", "main"]
 
 log = logging.getLogger("instancelib")
 
 ERROR_EXIT = 255
+
+# Between INFO and DEBUG: Singularity's VERBOSE, shown with -v (routine notes).
+VERBOSE = 15
+logging.addLevelName(VERBOSE, "VERBOSE")
+
+
+class Personality:
+    """What the command is when run under a name: its version line, layout, prompt."""
+
+    def __init__(self, name: str, version: str, layout: str, prompt: str) -> None:
+        self.name = name
+        self.version = version
+        self.layout = layout
+        self.prompt = prompt
+
+    @property
+    def version_line(self) -> str:
+        return f"{self.name} version {self.version}"
+
+
+# The versions claimed are those whose command line and layout instancelib follows
+# (SingularityCE 3.11, Apptainer 1.3); the build metadata after "+" says what it is
+# (semver: it does not change the version's order).  spython only uses Singularity
+# 3's spelling of "instance stop --all" when the line holds "version 3".
+PERSONALITIES: dict[str, Personality] = {
+    "instancelib": Personality("instancelib", __version__, "instancelib", "Instancelib> "),
+    "singularity": Personality("singularity", f"3.11.5+instancelib.{__version__}",
+                               "singularity", "Singularity> "),
+    "apptainer": Personality("apptainer", f"1.3.6+instancelib.{__version__}", "apptainer",
+                             "Apptainer> "),
+}
+
+# Global options that take no value (as Singularity's: before the verb).
+_GLOBAL_FLAGS = frozenset({"-d", "--debug", "-q", "--quiet", "-s", "--silent", "-v",
+                           "--verbose", "--nocolor"})
 
 
 class _Formatter(logging.Formatter):
@@ -47,54 +99,121 @@ class _Formatter(logging.Formatter):
         return f"{level + ':':<9}{record.getMessage()}"
 
 
-def _instance_commands() -> ModuleType:
-    from instancelib.cli import instance_commands  # noqa: PLC0415 (see _COMMANDS)
+class Session:
+    """One run of the command: its arguments, what it is called, its registry (made once)."""
 
-    return instance_commands
+    def __init__(self, args: argparse.Namespace, personality: Personality) -> None:
+        self.args = args
+        self.personality = personality
+        self._registry: InstanceRegistry | None = None
+
+    def _user(self) -> str | None:
+        return getattr(self.args, "user", None) or None
+
+    def registry(self) -> InstanceRegistry:
+        """The caller's registry (or ``--user``'s), in this name's layout."""
+        if self._registry is None:
+            from instancelib.registry import InstanceRegistry  # noqa: PLC0415 (see module doc)
+
+            self._registry = InstanceRegistry(user=self._user(),
+                                              layout=self.personality.layout)
+        return self._registry
+
+    def records(self) -> InstanceRecords:
+        """The same registry's records only, without ``Instance`` and its imports (listing)."""
+        if self._registry is not None:
+            return self._registry
+        from instancelib.records.directory import InstanceRecords  # noqa: PLC0415
+
+        return InstanceRecords(user=self._user(), on_ended=_release_ended,
+                               layout=self.personality.layout)
 
 
-def _image_commands() -> ModuleType:
-    from instancelib.cli import image_commands  # noqa: PLC0415 (see _COMMANDS)
+def _release_ended(record: object) -> None:
+    from instancelib.stopping import release_ended  # noqa: PLC0415 (only when one ended)
 
-    return image_commands
+    release_ended(record)  # type: ignore[arg-type]
 
 
-# Each verb's module is imported when it runs: `instance list` loads nothing of the
-# image commands (the CLI's start-up is most of a quick command's time).
+def _module(name: str) -> Callable[[], ModuleType]:
+    def load() -> ModuleType:
+        import importlib  # noqa: PLC0415
+
+        return importlib.import_module(f"instancelib.cli.{name}")
+
+    return load
+
+
+# Each verb's module is imported when it runs: `instance list` loads neither the
+# image commands nor Instance (the CLI's start-up is most of a quick command's time).
 _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = {
-    ("instance", "start"): (_instance_commands, "instance_start"),
-    ("instance", "run"): (_instance_commands, "instance_start"),
-    ("instance", "list"): (_instance_commands, "instance_list"),
-    ("instance", "stop"): (_instance_commands, "instance_stop"),
-    ("instance", "stats"): (_instance_commands, "instance_stats"),
-    ("exec", None): (_instance_commands, "exec_command"),
-    ("run", None): (_instance_commands, "run_command"),
-    ("shell", None): (_instance_commands, "shell_command"),
-    ("sif", None): (_image_commands, "sif_command"),
-    ("build", None): (_image_commands, "build_command"),
-    ("inspect", None): (_image_commands, "inspect_command"),
+    ("instance", "start"): (_module("instance_commands"), "instance_start"),
+    ("instance", "run"): (_module("instance_commands"), "instance_start"),
+    ("instance", "list"): (_module("listing"), "instance_list"),
+    ("instance", "stop"): (_module("instance_commands"), "instance_stop"),
+    ("instance", "stats"): (_module("instance_commands"), "instance_stats"),
+    ("exec", None): (_module("instance_commands"), "exec_command"),
+    ("run", None): (_module("instance_commands"), "run_command"),
+    ("shell", None): (_module("instance_commands"), "shell_command"),
+    ("test", None): (_module("instance_commands"), "test_command"),
+    ("sif", None): (_module("image_commands"), "sif_command"),
+    ("build", None): (_module("image_commands"), "build_command"),
+    ("inspect", None): (_module("image_commands"), "inspect_command"),
+    ("alias", None): (_module("alias"), "alias_command"),
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+def personality_of(prog: str | None) -> Personality:
+    """The personality of a program name (``singularity``, ``apptainer``; else instancelib)."""
+    name = os.path.basename(prog if prog is not None else (sys.argv[0] if sys.argv else ""))
+    return PERSONALITIES.get(name, PERSONALITIES["instancelib"])
+
+
+def _quick_version(argv: Sequence[str], personality: Personality) -> bool:
+    """``--version`` or ``version`` after only global flags: printed without the parser."""
+    rest = [arg for arg in argv if arg not in _GLOBAL_FLAGS]
+    if rest == ["--version"]:
+        sys.stdout.write(personality.version_line + "\n")
+        return True
+    if rest == ["version"]:
+        sys.stdout.write(personality.version + "\n")
+        return True
+    return False
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    ``prog`` is the name it runs under (default: ``sys.argv[0]``'s); ``singularity``
+    and ``apptainer`` make it behave as those tools.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    personality = personality_of(prog)
+    if _quick_version(arguments, personality):
+        return 0
+    from instancelib.cli.parser import UsageError, build_parser  # noqa: PLC0415
+
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(personality.name, personality.version_line).parse_args(arguments)
     except UsageError as err:
         sys.stderr.write(f"{'FATAL:':<9}{err}\n")
         return ERROR_EXIT
+    except SystemExit as done:  # --help, or --version among other words: printed
+        return done.code if isinstance(done.code, int) else 0
+    if args.command == "version":
+        sys.stdout.write(personality.version + "\n")
+        return 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     log.addHandler(handler)
     log.propagate = False
-    log.setLevel(logging.DEBUG if args.debug else logging.ERROR if args.silent
+    log.setLevel(logging.DEBUG if args.debug else VERBOSE if args.verbose
+                 else logging.ERROR if args.silent
                  else logging.WARNING if args.quiet else logging.INFO)
     load, function = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
-    command: Callable[[argparse.Namespace, InstanceRegistry], int] = getattr(load(), function)
     try:
-        user = getattr(args, "user", None)
-        registry = InstanceRegistry(user=user) if user else InstanceRegistry()
-        return command(args, registry)
+        command: Callable[[argparse.Namespace, Session], int] = getattr(load(), function)
+        return command(args, Session(args, personality))
     except InstanceError as err:
         log.error("%s", str(err).splitlines()[0] if not args.debug else err)
         return ERROR_EXIT

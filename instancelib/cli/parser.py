@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import attrs
-
-from instancelib.cgroups.limits import Limits
 from instancelib.errors import InvalidArgument
-from instancelib.network.args import split_flag_values
-from instancelib.options import StartOptions
-from instancelib.readiness import CommandProbe, FileProbe, Probe, TcpProbe
-from instancelib.version import __version__
+
+if TYPE_CHECKING:
+    from instancelib.cgroups.limits import Limits
+    from instancelib.options import StartOptions
+    from instancelib.readiness import Probe
+
+# The grammar is built on every call, `instance list` included: what only the
+# converters of `instance start`'s values need is imported when they run.
 
 __all__ = ["INSTANCE_URI", "UsageError", "build_parser", "instance_name", "parse_build_args",
            "parse_env", "parse_signal", "start_options"]
@@ -35,19 +35,35 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "instancelib", version: str = "") -> argparse.ArgumentParser:
+    """The grammar, for the command called ``prog`` whose ``--version`` prints ``version``."""
+    from instancelib.version import __version__  # noqa: PLC0415
+
     parser = _Parser(
-        prog="instancelib",
+        prog=prog,
         description="Run container images as named background instances.",
     )
-    parser.add_argument("--version", action="version", version=f"instancelib version {__version__}",
+    parser.add_argument("--version", action="version",
+                        version=version or f"instancelib version {__version__}",
                         help="print the version and exit")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-d", "--debug", action="store_true", help="print debugging output")
+    verbosity.add_argument("-v", "--verbose", action="store_true",
+                           help="print routine notes too (VERBOSE)")
     verbosity.add_argument("-q", "--quiet", action="store_true",
                            help="only print warnings and errors")
     verbosity.add_argument("-s", "--silent", action="store_true", help="only print errors")
+    parser.add_argument("--nocolor", action="store_true",
+                        help="no colours (accepted for Singularity's clients; none are used)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("version", help="print the version number and exit")
+    alias = commands.add_parser("alias", help="write a launcher that runs instancelib as "
+                                "singularity or apptainer, for their clients")
+    alias.add_argument("-F", "--force", action="store_true",
+                       help="replace a launcher that instancelib did not write")
+    alias.add_argument("name", choices=["singularity", "apptainer"], metavar="NAME")
+    alias.add_argument("directory", nargs="?", metavar="DIR",
+                       help="where to write it (default ~/.local/bin)")
 
     instance = commands.add_parser("instance", help="manage background instances")
     instance_commands = instance.add_subparsers(dest="instance_command", required=True,
@@ -122,21 +138,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("-j", "--json", action="store_true", help="print as JSON")
     inspect.add_argument("image", metavar="IMAGE")
 
-    for verb, what in (("exec", "run a command in an instance"),
-                       ("run", "run an instance's runscript"),
-                       ("shell", "open an interactive shell in an instance")):
+    for verb, what in (("exec", "run a command in an image or an instance"),
+                       ("run", "run the runscript of an image or an instance"),
+                       ("shell", "open an interactive shell in an image or an instance"),
+                       ("test", "run the test script of an image")):
         action = commands.add_parser(verb, help=what)
-        action.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                            help="set a variable (repeatable, comma-separated)")
-        if verb == "exec":
-            action.add_argument("--pwd", help="working directory inside the instance")
-        action.add_argument("target", metavar="instance://NAME")
+        _add_start_options(action, foreground=True)
+        action.add_argument("--pwd", help="working directory inside (default: the caller's, "
+                            "when it exists inside)")
+        action.add_argument("--app", default="", help="the SCIF app to run")
+        if verb == "shell":
+            action.add_argument("-s", "--shell", dest="shell_path", metavar="PATH",
+                                help="the shell to run (default /bin/bash, else /bin/sh)")
+        target = "IMAGE" if verb == "test" else "IMAGE|instance://NAME"
+        action.add_argument("target", metavar=target)
         if verb != "shell":
             action.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     return parser
 
 
-def _add_start_options(parser: argparse.ArgumentParser) -> None:
+def _add_start_options(parser: argparse.ArgumentParser, *, foreground: bool = False) -> None:
+    """``instance start``'s options; ``foreground``: those of ``exec|run|shell|test IMAGE``
+    (no PID file, readiness or start timeout: the command is the service)."""
     parser.add_argument("-B", "--bind", action="append", default=[], metavar="SPEC",
                         help="bind src[:dst[:ro|rw]] (repeatable, comma-separated)")
     parser.add_argument("-e", "--cleanenv", action="store_true",
@@ -160,15 +183,17 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dns", metavar="SERVERS",
                         help="DNS servers, comma-separated: the instance's resolv.conf "
                              "names only them")
-    parser.add_argument("--pid-file", help="write the instance's PID to this file")
+    if not foreground:
+        parser.add_argument("--pid-file", help="write the instance's PID to this file")
     parser.add_argument("--writable-tmpfs", action="store_true",
                         help="writable root on a tmpfs overlay, discarded at stop")
     parser.add_argument("-f", "--fakeroot", action="store_true",
                         help="be root inside (an ordinary user's subordinate IDs mapped too)")
-    parser.add_argument("--ready", metavar="PROBE",
-                        help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds the start (and readiness) may take (default 30)")
+    if not foreground:
+        parser.add_argument("--ready", metavar="PROBE",
+                            help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
+        parser.add_argument("--timeout", type=float, default=30.0,
+                            help="seconds the start (and readiness) may take (default 30)")
     limits = parser.add_argument_group("resource limits (the instance's cgroup)")
     limits.add_argument("--apply-cgroups", metavar="FILE",
                         help="limits from an Apptainer cgroups TOML file (the flags below "
@@ -189,6 +214,9 @@ def _add_start_options(parser: argparse.ArgumentParser) -> None:
 
 def parse_limits(args: argparse.Namespace) -> Limits | None:
     """``--apply-cgroups`` and the limit flags (which override the file's values)."""
+    import attrs  # noqa: PLC0415 (see the imports)
+
+    from instancelib.cgroups.limits import Limits  # noqa: PLC0415
     base = Limits.from_toml(args.apply_cgroups) if args.apply_cgroups else Limits()
     flags = {name: getattr(args, name) for name in (
         "memory", "memory_reservation", "memory_swap", "cpus", "cpu_shares", "cpuset_cpus",
@@ -228,6 +256,8 @@ def parse_env(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]
 def parse_ready(spec: str | None) -> Probe | None:
     if spec is None:
         return None
+    from instancelib.readiness import CommandProbe, FileProbe, TcpProbe  # noqa: PLC0415
+
     kind, sep, value = spec.partition(":")
     if sep and kind == "tcp" and value.isdigit():
         return TcpProbe(int(value))
@@ -239,6 +269,8 @@ def parse_ready(spec: str | None) -> Probe | None:
 
 
 def parse_signal(text: str) -> int:
+    import signal  # noqa: PLC0415
+
     name = text.upper()
     if name.isdigit():
         return int(name)
@@ -277,23 +309,30 @@ def parse_build_args(items: Sequence[str], path: str | None) -> dict[str, str]:
     return values
 
 
-def start_options(args: argparse.Namespace) -> StartOptions:
-    """The ``StartOptions`` of ``instance start|run``'s flags."""
-    arguments = list(args.args)
+def start_options(args: argparse.Namespace, *, foreground: bool = False) -> StartOptions:
+    """The ``StartOptions`` of ``instance start|run``'s flags (``foreground``: of
+    ``exec|run|shell|test IMAGE``'s, whose arguments are the command's, not the service's)."""
+    from instancelib.network.args import split_flag_values  # noqa: PLC0415 (see the imports)
+    from instancelib.options import StartOptions  # noqa: PLC0415
+
+    arguments = [] if foreground else list(args.args)
     if arguments and arguments[0] == "--":
         arguments = arguments[1:]
+    extra: dict[str, object] = {} if foreground else {
+        "pid_file": args.pid_file, "ready": parse_ready(args.ready), "timeout": args.timeout,
+        "run": args.instance_command == "run"}
     return StartOptions(
-        args=arguments, run=args.instance_command == "run", writable_tmpfs=args.writable_tmpfs,
+        args=arguments, writable_tmpfs=args.writable_tmpfs,
         binds=args.bind, env=parse_env(args.env, args.env_file), cleanenv=args.cleanenv,
-        contain=args.contain, hostname=args.hostname, pid_file=args.pid_file,
-        ready=parse_ready(args.ready), timeout=args.timeout, fakeroot=args.fakeroot,
+        contain=args.contain, hostname=args.hostname, fakeroot=args.fakeroot,
         limits=parse_limits(args), network=_networks(args), network_args=[
             value for flag in args.network_args for value in split_flag_values(flag)],
-        dns=args.dns)
+        dns=args.dns, **extra)  # type: ignore[arg-type]
 
 
 def _networks(args: argparse.Namespace) -> list[str] | None:
     """As Apptainer: ``--network`` and ``--network-args`` imply ``--net``; ``--net`` is bridge."""
+    from instancelib.network.args import split_flag_values  # noqa: PLC0415
     if args.network is not None:
         return split_flag_values(args.network)
     if args.net or args.network_args:

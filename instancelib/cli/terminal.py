@@ -12,8 +12,12 @@ import termios
 import tty
 
 from instancelib.instance import Instance
+from instancelib.process import InstanceProcess
 
 __all__ = ["exit_code", "run_attached", "shell_on_pty"]
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2)
 
 
 def exit_code(returncode: int) -> int:
@@ -22,16 +26,26 @@ def exit_code(returncode: int) -> int:
 
 def run_attached(instance: Instance, command: list[str], env: dict[str, str],
                   cwd: str | None) -> int:
-    """Run with this terminal's stdio; Ctrl-C and friends go to the command."""
-    process = instance.popen(command, env=env, cwd=cwd)
+    """Run with this terminal's stdio; Ctrl-C and friends go to the command.
+
+    The handlers are in place before the command starts: a signal that comes
+    while it is being started is held, and sent once it runs.
+    """
+    held: list[int] = []
+    running: list[InstanceProcess] = []
 
     def forward(signum: int, _frame: object) -> None:
-        process.send_signal(signum)
+        if running:
+            running[0].send_signal(signum)
+        else:
+            held.append(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in
-                (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
+    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     try:
-        return exit_code(process.wait())
+        running.append(instance.popen(command, env=env, cwd=cwd))
+        for signum in held:
+            running[0].send_signal(signum)
+        return exit_code(running[0].wait())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -43,13 +57,14 @@ def _copy_window_size(source: int, target: int) -> None:
         fcntl.ioctl(target, termios.TIOCSWINSZ, size)
 
 
-def shell_on_pty(instance: Instance, command: list[str], env: dict[str, str]) -> int:
+def shell_on_pty(instance: Instance, command: list[str], env: dict[str, str],
+                 cwd: str | None = None) -> int:
     """Relay this terminal to a new pseudo-terminal whose other end the shell owns."""
     master, slave = pty.openpty()
     _copy_window_size(0, slave)
     try:
         process = instance.popen(command, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                 tty=True)
+                                 cwd=cwd, tty=True)
     finally:
         os.close(slave)
     saved = termios.tcgetattr(0)

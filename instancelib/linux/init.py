@@ -129,6 +129,8 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             os._exit(1)
         # The name's lock and the copy of our record (see ``records.store``): kept open,
         # close-on-exec, for as long as we live.  Nothing else is done with them.
+        # A third descriptor is the caller's pidfd (end_with_caller): watched below.
+        caller = kept.pop() if answer.get("watch") and len(kept) == 3 else None
         _KEPT.extend(kept)
         if control is not None:
             with contextlib.suppress(OSError):
@@ -140,7 +142,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                         "message": f"{type(err).__name__}: {err}",
                                         "errno": getattr(err, "errno", None), "path": None})
         os._exit(1)
-    _supervise(wakeup, channel, service, set(report["helpers"]))
+    _supervise(wakeup, channel, service, set(report["helpers"]), caller)
 
 
 def _open_cgroup_roots(paths: Any) -> dict[str, int]:
@@ -277,6 +279,8 @@ def _service_argv(plan: dict[str, Any]) -> list[str] | None:
     """The command for the start/run script; None for an idle instance."""
     command = plan["command"]
     args = list(command["args"])
+    if command["kind"] == "idle":
+        return None
     script = RUNSCRIPT if command["kind"] == "run" else STARTSCRIPT
     if not os.path.lexists(script):
         if command["kind"] == "run":
@@ -341,16 +345,20 @@ def _shebang(path: str) -> str | None:
 
 
 def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
-               helpers: set[int]) -> None:
+               helpers: set[int], caller: int | None = None) -> None:
     """The resident loop: reap, forward signals, exit after a stop once all is gone.
 
     ``helpers`` (squashfuse) are our children too, but do not keep us up:
-    they serve the instance and end with it.
+    they serve the instance and end with it.  ``caller`` is a pidfd of the
+    process that started us (``end_with_caller``): readable once it has
+    exited, and then the whole instance ends at once.
     """
     poller = select.poll()
     poller.register(wakeup, select.POLLIN)
     if channel is not None:
         poller.register(channel.fileno(), select.POLLIN)
+    if caller is not None:
+        poller.register(caller, select.POLLIN)
     stopping = False
     stop_with_service = False  # the service was running when the stop signal came
     linger: int | None = None  # poll timeout (ms) while exec'd commands finish after a stop
@@ -369,6 +377,10 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
                     elif service is not None:
                         with contextlib.suppress(OSError):
                             os.killpg(service, signum)
+            elif fd == caller:
+                with contextlib.suppress(OSError):
+                    os.kill(-1, signal.SIGKILL)
+                _leave()
             elif channel is not None:
                 # The caller is done with the start-up channel (or died): drop it.
                 poller.unregister(fd)

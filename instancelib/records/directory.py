@@ -28,17 +28,46 @@ from instancelib.records import recovery
 from instancelib.records.record import InstanceRecord, NameLock, validate_name
 from instancelib.records.store import RecordStore
 
-__all__ = ["InstanceRecords", "default_root"]
+__all__ = ["LAYOUTS", "InstanceRecords", "default_root"]
+
+# Registry layouts: instancelib's own, and Singularity's and Apptainer's (their
+# per-user configuration directory and the variable that moves it).  Clients of
+# those tools (spython, singularity-compose) read the logs at
+# <configdir>/instances/logs/<host>/<user>/<name>.out|.err; the records go beside
+# them in a directory of instancelib's own, where neither tool looks.
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "instancelib": ("INSTANCELIB_HOME", ".instancelib"),
+    "singularity": ("SINGULARITY_CONFIGDIR", ".singularity"),
+    "apptainer": ("APPTAINER_CONFIGDIR", ".apptainer"),
+}
 
 EndedCallback = Callable[[InstanceRecord], None]
 
 
-def default_root() -> Path:
-    """``$INSTANCELIB_HOME``, else ``~/.instancelib``."""
-    configured = os.environ.get("INSTANCELIB_HOME")
+def default_root(layout: str = "instancelib") -> Path:
+    """``$INSTANCELIB_HOME``, else ``~/.instancelib`` (for ``layout="singularity"``:
+    ``$SINGULARITY_CONFIGDIR`` or ``~/.singularity``; ``"apptainer"``:
+    ``$APPTAINER_CONFIGDIR`` or ``~/.apptainer``)."""
+    variable, directory = _layout(layout)
+    configured = os.environ.get(variable)
     if configured:
         return Path(configured).absolute()
-    return Path.home() / ".instancelib"
+    return Path.home() / directory
+
+
+def _layout(layout: str) -> tuple[str, str]:
+    try:
+        return LAYOUTS[layout]
+    except (KeyError, TypeError):
+        raise InvalidArgument(f"unknown registry layout {layout!r} (expected one of "
+                              f"{', '.join(LAYOUTS)})") from None
+
+
+def _subdirs(layout: str, host: str, user: str) -> dict[str, tuple[str, ...]] | None:
+    if layout == "instancelib":
+        return None
+    return {"instances": ("instances", "instancelib", host, user),
+            "logs": ("instances", "logs", host, user)}
 
 
 def _lookup_user(user: str | int) -> pwd.struct_passwd:
@@ -46,6 +75,14 @@ def _lookup_user(user: str | int) -> pwd.struct_passwd:
         return pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
     except KeyError:
         raise InvalidArgument(f"no such user: {user!r}") from None
+
+
+def _user_name(uid: int) -> str:
+    """The passwd name of ``uid`` (Singularity's layout has it); the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class InstanceRecords:
@@ -59,17 +96,25 @@ class InstanceRecords:
             instances.
         on_ended: called with the record of an instance found ended (its
             record has just been removed), to release what else it left.
+        layout: ``"instancelib"`` (records in ``root/instances/<host>``, logs in
+            ``root/logs/<host>``), or ``"singularity"``/``"apptainer"``: the root
+            is that tool's configuration directory and the logs are where its
+            clients read them, ``root/instances/logs/<host>/<user>/<name>.out|.err``
+            (records in ``root/instances/instancelib/<host>/<user>``).
 
     Raises:
         PermissionDenied: ``user`` is another user and the caller is not root.
-        InvalidArgument: no such user.
+        InvalidArgument: no such user, or an unknown layout.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
-                 user: str | int | None = None, on_ended: EndedCallback | None = None) -> None:
+                 user: str | int | None = None, on_ended: EndedCallback | None = None,
+                 layout: str = "instancelib") -> None:
+        directory = _layout(layout)[1]
         if user is None:
             self.owner_uid = os.geteuid()
-            self.root = Path(root).absolute() if root is not None else default_root()
+            self.root = Path(root).absolute() if root is not None else default_root(layout)
+            name = _user_name(self.owner_uid) if layout != "instancelib" else ""
         else:
             entry = _lookup_user(user)
             if entry.pw_uid != os.geteuid() and not has_host_root():
@@ -77,9 +122,12 @@ class InstanceRecords:
                                        f"(user={user!r})")
             self.owner_uid = entry.pw_uid
             self.root = (Path(root).absolute() if root is not None
-                         else Path(entry.pw_dir) / ".instancelib")
+                         else Path(entry.pw_dir) / directory)
+            name = entry.pw_name
+        self.layout = layout
         self.host = socket.gethostname()
-        self.store = RecordStore(self.root, self.owner_uid, self.host)
+        self.store = RecordStore(self.root, self.owner_uid, self.host,
+                                 _subdirs(layout, self.host, name))
         self.instances_dir = self.store.instances_dir
         self.logs_dir = self.store.logs_dir
         self._on_ended = on_ended
@@ -93,10 +141,11 @@ class InstanceRecords:
         return f"{type(self).__name__}({str(self.root)!r}, owner UID {self.owner_uid})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, InstanceRecords) and other.root == self.root
+        return (isinstance(other, InstanceRecords) and other.root == self.root
+                and other.store.subdirs == self.store.subdirs)
 
     def __hash__(self) -> int:
-        return hash(self.root)
+        return hash((self.root, self.layout))
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -27,20 +27,32 @@ from pathlib import Path
 from instancelib.errors import PermissionDenied, RegistryError
 from instancelib.records.record import write_all, writer_id
 
-__all__ = ["OwnerFiles"]
+__all__ = ["OwnerFiles", "Subdirs"]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class OwnerFiles:
-    """The registry directories and files of one owner on this host (see the module doc)."""
+# The directories below the root that hold the records ("instances") and the logs,
+# each a chain of names opened one by one (see _open_chain).
+Subdirs = dict[str, tuple[str, ...]]
 
-    def __init__(self, root: Path, owner_uid: int, host: str) -> None:
+
+class OwnerFiles:
+    """The registry directories and files of one owner on this host (see the module doc).
+
+    ``subdirs`` names the chains below ``root`` for ``instances`` and ``logs``
+    (default ``instances/<host>`` and ``logs/<host>``).
+    """
+
+    def __init__(self, root: Path, owner_uid: int, host: str,
+                 subdirs: Subdirs | None = None) -> None:
         self.root = root
         self.owner_uid = owner_uid
         self.host = host
-        self.instances_dir = root / "instances" / host
-        self.logs_dir = root / "logs" / host
+        self.subdirs: Subdirs = subdirs or {"instances": ("instances", host),
+                                            "logs": ("logs", host)}
+        self.instances_dir = root.joinpath(*self.subdirs["instances"])
+        self.logs_dir = root.joinpath(*self.subdirs["logs"])
         self._held: dict[str, tuple[int, tuple[int, int]]] = {}  # kind: (fd, (dev, inode))
         self._retired: list[int] = []  # replaced descriptors: closed with the store
 
@@ -90,7 +102,7 @@ class OwnerFiles:
 
     def _open_chain(self, kind: str, create: bool) -> int | None:
         anchor = self.root.parent if self.root.name else self.root
-        parts = ([self.root.name] if self.root.name else []) + [kind, self.host]
+        parts = ([self.root.name] if self.root.name else []) + list(self.subdirs[kind])
         try:
             current = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:

@@ -219,13 +219,14 @@ class RecordStore(OwnerFiles):
 
     def _conflict(self, name: str, existing: InstanceRecord | None,
                   holder: tuple[str, int, int] | None) -> NameConflict:
+        # Singularity's words first ("instance NAME already exists"): scripts grep for them.
         if existing is not None and existing.state == "running":
-            return NameConflict(f"an instance named {name!r} is already running", name=name,
-                                pid=existing.pid)
+            return NameConflict(f"instance {name} already exists (running, PID {existing.pid})",
+                                name=name, pid=existing.pid)
         starter = existing.owner_pid if existing is not None else (
             holder[1] if holder is not None and holder[0] == "starting" else None)
-        what = f"is being started by process {starter}" if starter else "is being started"
-        return NameConflict(f"an instance named {name!r} {what}", name=name, pid=starter)
+        what = f"being started by process {starter}" if starter else "being started"
+        return NameConflict(f"instance {name} already exists ({what})", name=name, pid=starter)
 
     def publish(self, record: InstanceRecord, env: dict[str, str],
                 lock: NameLock | None = None) -> None:

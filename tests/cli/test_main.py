@@ -12,10 +12,50 @@ from instancelib.cli.main import ERROR_EXIT, main
 
 
 def test_version_under_its_own_name(capsys):
-    with pytest.raises(SystemExit) as exited:   # argparse's version action, status 0
-        main(["--version"])
-    assert exited.value.code == 0
+    assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"instancelib version {__version__}\n"
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out == f"{__version__}\n"
+
+
+@pytest.mark.parametrize(("prog", "line", "number"), [
+    ("singularity", f"singularity version 3.11.5+instancelib.{__version__}",
+     f"3.11.5+instancelib.{__version__}"),
+    ("/opt/bin/apptainer", f"apptainer version 1.3.6+instancelib.{__version__}",
+     f"1.3.6+instancelib.{__version__}"),
+    ("instancelib", f"instancelib version {__version__}", __version__),
+])
+def test_version_under_singularitys_names(capsys, prog, line, number):
+    # spython uses Singularity 3's "instance stop --all" only when it reads "version 3".
+    for argv, expected in ((["--version"], line), (["version"], number),
+                           (["--quiet", "--version"], line), (["-d", "version"], number)):
+        assert main(argv, prog=prog) == 0
+        assert capsys.readouterr().out == expected + "\n"
+    if prog == "singularity":
+        assert "version 3" in line
+
+
+def test_the_parser_prints_the_same_version_when_asked_its_way(capsys):
+    # "--version" among other words goes through argparse: the same line, status 0.
+    assert main(["--version", "instance"], prog="singularity") == 0
+    assert capsys.readouterr().out.startswith("singularity version 3.11.5+instancelib.")
+
+
+def test_global_flags_before_the_verb_are_accepted(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTANCELIB_HOME", str(tmp_path / "home"))
+    for flag in ("-q", "--quiet", "-d", "--debug", "-s", "--silent", "-v", "--verbose",
+                 "--nocolor"):
+        assert main([flag, "instance", "list", "--json"]) == 0, flag
+        assert capsys.readouterr().out == '{\n\t"instances": []\n}\n'
+
+
+def test_stop_all_with_nothing_running_is_singularitys_fatal_line(capsys, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setenv("SINGULARITY_CONFIGDIR", str(tmp_path / "config"))
+    assert main(["instance", "stop", "--all"], prog="singularity") == ERROR_EXIT
+    assert capsys.readouterr().err == "FATAL:   no instance found\n"
+    assert main(["instance", "stop", "web"], prog="singularity") == ERROR_EXIT
+    assert capsys.readouterr().err == "FATAL:   no instance found with name web\n"
 
 
 @pytest.mark.parametrize(("argv", "words"), [
@@ -31,6 +71,11 @@ def test_a_usage_error_is_one_fatal_line_and_exit_255(capsys, argv, words):
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("FATAL:   ") and words in lines[0]
     assert captured.out == "" and "usage:" not in captured.err
+
+
+def test_a_usage_error_names_the_program_it_runs_as(capsys):
+    assert main(["instance", "bogus"], prog="singularity") == ERROR_EXIT
+    assert "(see 'singularity instance --help')" in capsys.readouterr().err
 
 
 def test_the_installed_command_exits_255_on_a_usage_error():

@@ -51,7 +51,7 @@ def test_the_name_of_a_live_instance_with_a_garbled_record_stays_taken(
     image = make_image(startscript=SLEEPER)
     first = start(image, "taken")
     registry.record_path("taken").write_bytes(b"{torn")
-    with pytest.raises(NameConflict, match="already running"):
+    with pytest.raises(NameConflict, match="already exists"):
         start(image, "taken")
     assert [i.pid for i in registry.list()] == [first.pid]
     first.stop()
