@@ -10,6 +10,7 @@ deciding anything (see ``instancelib.linux.container``).
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import stat
@@ -47,8 +48,10 @@ SYSTEM_FILE_BINDS = ("/etc/hosts", "/etc/localtime", "/etc/resolv.conf")
 class MountOp:
     """One mount PID 1 performs, in plan order.
 
-    ``op`` is one of ``proc``, ``sysfs``, ``bind``, ``tmpfs``, ``minimal_dev``, or
-    ``file``: ``options`` is a file's content, bound read-only onto ``target``.
+    ``op`` is one of ``proc``, ``sysfs``, ``bind``, ``tmpfs``, ``minimal_dev``,
+    ``file`` (``options`` is a file's content, bound read-only onto ``target``) or
+    ``account`` (``options`` is a passwd/group line, merged into a copy of the
+    image's file at ``target``).
     """
 
     op: str
@@ -181,6 +184,20 @@ def _default_mounts(*, contain: bool, home: str, files: dict[str, str]) -> list[
     return mounts
 
 
+def _account_entries(entry: pwd.struct_passwd) -> list[MountOp]:
+    """The caller's passwd and group entries, merged into copies of the image's files by
+    PID 1 (``linux.accounts``), as Singularity does for a user who is not root inside."""
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = entry.pw_name
+    return [MountOp(op="account", target="/etc/passwd",
+                    options=f"{entry.pw_name}:x:{entry.pw_uid}:{entry.pw_gid}:"
+                            f"{entry.pw_gecos}:{entry.pw_dir}:{entry.pw_shell}"),
+            MountOp(op="account", target="/etc/group",
+                    options=f"{group}:x:{entry.pw_gid}:{entry.pw_name}")]
+
+
 def build_launch_plan(
     image: Image,
     name: str,
@@ -206,6 +223,8 @@ def build_launch_plan(
     if network.namespace:
         files["/etc/hosts"] = hosts_file(options.hostname or name)
     mounts = _default_mounts(contain=options.contain, home=home, files=files)
+    if os.getuid() != 0 and not options.fakeroot:
+        mounts += _account_entries(entry)
     for bind in options.binds:
         if not os.path.exists(bind.source):
             raise StartError(f"bind source {bind.source} does not exist", path=bind.source,

@@ -52,6 +52,7 @@ from instancelib.readiness import Probe
 from instancelib.records.directory import InstanceRecords
 from instancelib.records.record import InstanceRecord
 from instancelib.stopping import KILL_GRACE, release_ended
+from instancelib.verbosity import VERBOSE
 
 if TYPE_CHECKING:
     from instancelib.instance import Instance
@@ -175,7 +176,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             err.detail = err.detail or tail_since(err_path, err_offset)
             raise
         for note in launch.notes:
-            log.info("instance %r: %s", name, note)
+            log.log(VERBOSE, "instance %r: %s", name, note)
         if ports:
             forwarder = list(portmaps.start_forwarder(ports, launch.init_pid, launch.starttime,
                                                       name))

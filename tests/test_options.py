@@ -56,7 +56,8 @@ def test_the_record_keeps_what_instance_options_shows():
     assert options.to_record() == {
         "run": True, "args": ["x"], "writable_tmpfs": False, "contain": False, "hostname": "h",
         "binds": ["/a:/b:rw"], "fakeroot": True, "limits": {"pids_limit": 3},
-        "network": None, "network_args": [], "dns": []}
+        "network": None, "network_args": [], "dns": [], "service": True,
+        "end_with_caller": False}
 
 
 def test_network_options_are_recorded():

@@ -27,6 +27,7 @@ from instancelib import (
 )
 from instancelib.linux import procfs
 from instancelib.linux.userns import has_host_root
+from instancelib.verbosity import VERBOSE
 
 SLEEPER = "#!/bin/sh\nexec sleep 1000\n"
 
@@ -317,7 +318,7 @@ def test_fakeroot_is_root_inside_for_everyone(make_image, start):
 
 
 def test_fallbacks_are_noted_in_the_log(make_image, start, caplog):
-    caplog.set_level("INFO", logger="instancelib")
+    caplog.set_level(VERBOSE, logger="instancelib")  # routine notes: VERBOSE (-v)
     instance = start(make_image())
     noted = [r.getMessage() for r in caplog.records if "bound instead" in r.getMessage()]
     if has_host_root():

@@ -15,7 +15,7 @@ from instancelib.image.deffile import Definition
 from instancelib.image.image import Image, unsquash_into
 from instancelib.linux.userns import has_host_root
 
-__all__ = ["bootstrap_root", "convert_image"]
+__all__ = ["bootstrap_root", "convert_image", "registry_source", "unreachable"]
 
 _UNREACHABLE = {
     "docker": "a Docker/OCI registry", "library": "a Sylabs library", "oras": "an OCI registry",
@@ -27,12 +27,46 @@ _MISSING_TOOL = {"yum": "yum", "zypper": "zypper", "arch": "pacstrap", "busybox-
                  "mocker": "mocker"}
 
 
+def unreachable(agent: str, what: str) -> Unsupported:
+    """The error for a source in a registry (``docker://``, ``Bootstrap: library``...)."""
+    return Unsupported(f"{what} needs {_UNREACHABLE[agent]}, which this machine cannot "
+                       "reach: registries are not supported; save the image locally "
+                       "(docker-archive, oci-archive, SIF) and use Bootstrap: localimage "
+                       "(or build from the file)")
+
+
+def registry_source(source: str) -> Unsupported | None:
+    """The error for a build source that names a registry (``docker://alpine``), else None."""
+    scheme, sep, _rest = source.partition("://")
+    if sep and scheme in _UNREACHABLE:
+        return unreachable(scheme, f"the source {source}")
+    return None
+
+
+def _busybox(stage: Definition) -> str:
+    """The busybox to install: ``MirrorURL:`` when it is a local file (``file://`` or a
+    path), else the host's static one; a download is refused (no network here)."""
+    mirror = stage.header.get("mirrorurl", "").strip()
+    if not mirror:
+        return find_static_busybox()
+    path = mirror.removeprefix("file://")
+    if "://" in path:
+        raise Unsupported(f"Bootstrap: busybox MirrorURL {mirror}: downloading is not "
+                          "supported here; give a local static busybox (MirrorURL: "
+                          "file:///path/to/busybox) or leave MirrorURL out to use the "
+                          "host's (Debian's busybox-static)")
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise ImageError(f"Bootstrap: busybox MirrorURL {mirror}: not an executable file",
+                         path=path)
+    return path
+
+
 def bootstrap_root(stage: Definition, agent: str, root: Path, report: ProgressCallback) -> None:
     source = stage.header.get("from", "")
     if agent == "scratch":
         root.mkdir()
     elif agent == "busybox":
-        make_busybox_rootfs(root, busybox=find_static_busybox())
+        make_busybox_rootfs(root, busybox=_busybox(stage))
     elif agent in ("localimage", "oci", "oci-archive", "docker-archive"):
         path = source.split(":", 1)[0] if agent == "oci" and not os.path.exists(source) else source
         if not path:
@@ -47,9 +81,7 @@ def bootstrap_root(stage: Definition, agent: str, root: Path, report: ProgressCa
     elif agent == "debootstrap":
         _debootstrap(stage, root, report)
     elif agent in _UNREACHABLE:
-        raise Unsupported(f"Bootstrap: {agent} needs {_UNREACHABLE[agent]}, which this machine "
-                          "cannot reach; save the image locally (docker-archive, oci-archive, "
-                          "SIF) and use Bootstrap: localimage")
+        raise unreachable(agent, f"Bootstrap: {agent}")
     else:
         tool = _MISSING_TOOL.get(agent, agent)
         raise Unsupported(f"Bootstrap: {agent} is not supported here"

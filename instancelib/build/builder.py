@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from instancelib.build.bootstrap import bootstrap_root, convert_image
+from instancelib.build.bootstrap import bootstrap_root, convert_image, registry_source
 from instancelib.build.fakeroot import remove_build_tree
 from instancelib.build.layout import copy_files, ensure_layout, write_layout
 from instancelib.build.progress import BuildProgress, ProgressCallback
@@ -136,6 +136,9 @@ def _stages(source: Any, build_args: Mapping[str, str] | None) -> list[Definitio
     if isinstance(source, (list, tuple)):
         return list(source)
     path = os.fspath(source)
+    refused = registry_source(path) if not os.path.exists(path) else None
+    if refused is not None:
+        raise refused
     if os.path.isfile(path) and not _looks_like_image(path):
         return list(Definition.stages_from_file(path, build_args=build_args))
     return [Image(path)]

@@ -44,6 +44,7 @@ class _BuildReporter:
         self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
         self.bar = False
+        self.step: str | None = None
 
     def __call__(self, event: BuildProgress) -> None:
         if event.output is not None:
@@ -59,9 +60,11 @@ class _BuildReporter:
             self.bar = True
         elif event.step == "done":
             self._clear()
-        else:
+        elif event.step != self.step:  # a step's progress events after its first: no line
             self._clear()
             log.info("%s", event.step)
+        if event.output is None:
+            self.step = event.step
 
     def _clear(self) -> None:
         if self.bar:

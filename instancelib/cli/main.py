@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from instancelib.errors import InstanceError
+from instancelib.verbosity import VERBOSE
 from instancelib.version import __version__
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ log = logging.getLogger("instancelib")
 
 ERROR_EXIT = 255
 
-# Between INFO and DEBUG: Singularity's VERBOSE, shown with -v (routine notes).
-VERBOSE = 15
-logging.addLevelName(VERBOSE, "VERBOSE")
 
 
 class Personality:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from instancelib.errors import ImageError, InvalidArgument, PermissionDenied
 from instancelib.image import layers
+from instancelib.verbosity import VERBOSE
 
 __all__ = ["cache_root", "entry", "max_bytes"]
 
@@ -90,7 +91,7 @@ def entry(key: str, build: Callable[[Path], None], *, what: str) -> tuple[Path, 
     with _locked(directory / f"{key}.build", fcntl.LOCK_EX):
         lock.touch(mode=0o600)  # the entry's last use, for eviction
         if target.is_dir():
-            log.info("%s: using the copy in the cache at %s", what, target)
+            log.log(VERBOSE, "%s: using the copy in the cache at %s", what, target)
             return target, lock
         # We hold the key's build lock: any temporary of this key is a dead builder's.
         for stale in directory.glob(f".{key}.*.tmp"):
@@ -104,7 +105,7 @@ def entry(key: str, build: Callable[[Path], None], *, what: str) -> tuple[Path, 
         except BaseException:
             remove_tree(temporary)
             raise
-        log.info("%s: extracted once into the cache at %s", what, target)
+        log.log(VERBOSE, "%s: extracted once into the cache at %s", what, target)
     evict(keep=key)
     return target, lock
 
@@ -152,7 +153,7 @@ def evict(*, keep: str | None = None, limit: int | None = None) -> list[str]:
             os.close(fd)
         total -= sizes[child]
         removed.append(child.name)
-        log.info("image cache: removed %s (least recently used)", child.name)
+        log.log(VERBOSE, "image cache: removed %s (least recently used)", child.name)
     return removed
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from instancelib.errors import ImageError, Unsupported
 from instancelib.image import cache, sif
 from instancelib.linux.userns import has_host_root
+from instancelib.verbosity import VERBOSE
 
 if TYPE_CHECKING:
     from instancelib.image.inspect import ImageMetadata
@@ -145,7 +146,7 @@ class Image:
             if has_host_root():
                 return {"kind": "squashfs", "path": real, "offset": offset, "size": size}
             if _fuse_usable():
-                log.info("image %s: mounting its squashfs with squashfuse", self.path)
+                log.log(VERBOSE, "image %s: mounting its squashfs with squashfuse", self.path)
                 return {"kind": "squashfuse", "path": real, "offset": offset, "size": size,
                         "helper": shutil.which("squashfuse")}
             directory, lock = cache.entry(

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from instancelib.linux import advice, loopdev, pathwalk, syscalls
+from instancelib.linux import accounts, advice, loopdev, pathwalk, syscalls
 from instancelib.linux.syscalls import (
     MNT_DETACH,
     MS_BIND,
@@ -110,6 +110,8 @@ def setup_container(plan: dict[str, Any]) -> dict[str, Any]:
     root = os.path.join(session, "root")
     root_fd = mount_root(plan, session, root, report)
     try:
+        plan = {**plan, "mounts": _merge_accounts(plan["mounts"], root, root_fd,
+                                                  os.path.join(session, "layers"))}
         writable = plan["writable_tmpfs"] or bool(plan["rootfs"].get("writable"))
         for op in plan["mounts"]:
             apply_mount(root_fd, root, op, writable=writable, notes=notes)
@@ -133,19 +135,40 @@ def _write_files(mounts: list[dict[str, Any]], layers: str) -> list[dict[str, An
         if op["op"] != "file":
             result.append(op)
             continue
-        directory = os.path.join(layers, "files")
-        path = os.path.join(directory, f"{index}-{os.path.basename(op['target'])}")
+        result.append(_file_bind(op, layers, f"{index}", str(op.get("options") or "")))
+    return result
+
+
+def _file_bind(op: dict[str, Any], layers: str, prefix: str, content: str) -> dict[str, Any]:
+    """Write ``content`` on the session's layers tmpfs; return a read-only bind of it
+    onto ``op``'s target."""
+    directory = os.path.join(layers, "files")
+    path = os.path.join(directory, f"{prefix}-{os.path.basename(op['target'])}")
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(descriptor, str(op.get("options") or "").encode())
-            finally:
-                os.close(descriptor)
-        except OSError as err:
-            raise _step(f"write {op['target']}", op["target"])(err) from err
-        result.append({**op, "op": "bind", "source": path, "recursive": False,
-                       "readonly": True, "optional": False, "options": None})
+            os.write(descriptor, content.encode())
+        finally:
+            os.close(descriptor)
+    except OSError as err:
+        raise _step(f"write {op['target']}", op["target"])(err) from err
+    return {**op, "op": "bind", "source": path, "recursive": False, "readonly": True,
+            "optional": False, "options": None}
+
+
+def _merge_accounts(mounts: list[dict[str, Any]], root: str, root_fd: int,
+                    layers: str) -> list[dict[str, Any]]:
+    """Turn each ``account`` operation (the caller's passwd or group entry) into a
+    read-only bind of the image's file with the entry merged in (``accounts``)."""
+    result = []
+    for index, op in enumerate(mounts):
+        if op["op"] != "account":
+            result.append(op)
+            continue
+        content = accounts.merge_entry(accounts.read_in_root(root, root_fd, op["target"]),
+                                       str(op.get("options") or ""))
+        result.append(_file_bind(op, layers, f"account-{index}", content))
     return result
 
 
@@ -301,7 +324,7 @@ def _mount_overlay(root: str, options: str, image: str) -> None:
 def _target_is_dir(op: dict[str, Any]) -> bool:
     if op["op"] == "bind":
         return os.path.isdir(op["source"])
-    return True
+    return bool(op["op"] != "account")
 
 
 def _missing_mount_points(lower: str, mounts: list[dict[str, Any]]) -> list[tuple[str, bool]]:

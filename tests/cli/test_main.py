@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 
 import pytest
 
 from instancelib import __version__
+from instancelib.build import BuildProgress
+from instancelib.cli.image_commands import _BuildReporter
 from instancelib.cli.main import ERROR_EXIT, main
 
 
@@ -83,3 +87,26 @@ def test_the_installed_command_exits_255_on_a_usage_error():
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 255 and result.stderr.startswith("FATAL:")
     assert "Traceback" not in result.stderr
+
+
+def test_a_build_on_a_non_terminal_prints_each_step_once(monkeypatch):
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # not a terminal  # noqa: SIM115
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("instancelib")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        reporter = _BuildReporter()
+        for event in (BuildProgress("bootstrap"), BuildProgress("%post"),
+                      BuildProgress("%post", output="a line"), BuildProgress("mksquashfs", 0.0),
+                      BuildProgress("mksquashfs", 0.5), BuildProgress("mksquashfs", 1.0),
+                      BuildProgress("done", 1.0)):
+            reporter(event)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        sys.stderr.close()
+    assert seen == ["bootstrap", "%post", "mksquashfs"]

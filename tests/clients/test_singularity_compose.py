@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import scompose  # noqa: F401  (the test extra: never skipped for want of it)
 
 import instancelib
 from tests.clients.recorder import Recorder
 
-pytest.importorskip("scompose", reason="singularity-compose is in the test extra")
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="singularity-compose's networked "
-                                "projects run as root (it calls sudo); the unprivileged pass "
-                                "has no sudo")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="a project with ports: "
+                               "singularity-compose runs it through sudo, which the "
+                               "unprivileged pass does not have")
 
 RECIPE = """Bootstrap: busybox
 %startscript
@@ -41,7 +44,8 @@ import json, os, socket, subprocess, sys, time
 from pathlib import Path
 from instancelib import InstanceRegistry
 from instancelib.linux import netns
-netns.bring_up("lo")
+if os.geteuid() == 0:
+    netns.bring_up("lo")   # the namespace standing for the host
 project = Path(sys.argv[1])
 out = {}
 
@@ -89,7 +93,8 @@ def _project(tmp_path: Path, networked: bool) -> Path:
     return project
 
 
-def _run(tmp_path: Path, project: Path, body: str) -> tuple[dict, Recorder]:  # type: ignore[type-arg]
+def _run(tmp_path: Path, project: Path, body: str, *,
+         own_network: bool = True) -> tuple[dict, Recorder]:  # type: ignore[type-arg]
     recorder = Recorder(tmp_path, "singularity")
     (recorder.bindir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')  # root already
     (recorder.bindir / "sudo").chmod(0o755)
@@ -101,7 +106,8 @@ def _run(tmp_path: Path, project: Path, body: str) -> tuple[dict, Recorder]:  # 
                INSTANCELIB_NETWORK_DIR=str(tmp_path / "networks"),
                PYTHONPATH=str(Path(instancelib.__file__).resolve().parents[1]))
     env.pop("SINGULARITY_CONFIGDIR", None)
-    result = subprocess.run(["unshare", "--net", sys.executable, str(script), str(project)],
+    prefix = ["unshare", "--net"] if own_network else []
+    result = subprocess.run([*prefix, sys.executable, str(script), str(project)],
                             env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1]), recorder
@@ -115,15 +121,14 @@ def _ours(recorder: Recorder) -> list[tuple[int, list[str]]]:
 
 @pytest.fixture
 def logs_cleaned():
-    home = Path("/root/.singularity")
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".singularity"
     existed = home.exists()
     yield
     if not existed:
-        import shutil
-
         shutil.rmtree(home, ignore_errors=True)
 
 
+@ROOT_ONLY
 def test_a_networked_project_with_ports_and_addresses(tmp_path, logs_cleaned):
     project = _project(tmp_path, networked=True)
     out, recorder = _run(tmp_path, project, """
@@ -160,21 +165,29 @@ out["left"] = [i.name for i in InstanceRegistry(layout="singularity").list()]
 
 
 def test_a_project_on_the_hosts_network(tmp_path, logs_cleaned):
+    """No ports, so no sudo: as root (in a namespace standing for the host) and as an
+    ordinary user (on the host's loopback, on ports that were free)."""
     project = _project(tmp_path, networked=False)
-    (project / "web" / "Singularity").write_text(RECIPE.replace("-p 80", "-p 8081"))
-    out, recorder = _run(tmp_path, project, """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for service, listen in (("web", port), ("db", port + 1)):  # both on the host's network
+        (project / service / "Singularity").write_text(
+            RECIPE.replace("-p 80", f"-p 127.0.0.1:{listen}"))
+    out, recorder = _run(tmp_path, project, f"""
 out["build"] = compose("build")
 out["up"] = compose("up")
-out["served"] = fetch("127.0.0.1", 8081)
+out["served"] = fetch("127.0.0.1", {port})
 out["exec"] = compose("exec", "db1", "hostname")
 out["logs"] = compose("logs", "db1")
 out["down"] = compose("down")
 out["left"] = [i.name for i in InstanceRegistry(layout="singularity").list()]
-""")
+""", own_network=os.geteuid() == 0)
     calls = _ours(recorder)
     assert all(status == 0 for status, _argv in calls), calls
     starts = [argv for _status, argv in calls if argv[:2] == ["instance", "start"]]
-    assert len(starts) == 2 and not any("--net" in argv for argv in starts)
+    assert [argv[-1] for argv in starts] == ["db1", "web1"]
+    assert not any("--net" in argv for argv in starts)
     assert out["served"] == "hi from web1\n"
     assert out["exec"][1] == "db1\n"
     assert "serving as db1" in out["logs"][1], out["logs"]

@@ -18,12 +18,10 @@ import socket
 from pathlib import Path
 
 import pytest
+import spython.main as spython_main  # the test extra: never skipped for want of it
 
 from instancelib import InstanceRegistry, __version__
-
-spython_main = pytest.importorskip("spython.main", reason="spython is in the test extra")
-
-from tests.clients.recorder import Recorder  # noqa: E402
+from tests.clients.recorder import Recorder
 
 ENTRY = pwd.getpwuid(os.getuid())
 LOGS = Path(ENTRY.pw_dir) / ".singularity" / "instances" / "logs" / socket.gethostname() \
@@ -58,41 +56,41 @@ def _calls(recorder):
 
 
 def test_spython_version_and_instances(client, make_image):
-    Client, recorder = client
+    spython, recorder = client
     image = make_image(startscript="#!/bin/sh\necho service-says-hi\necho to-err >&2\n"
                                    "exec sleep 1000\n")
     recorder.names += ["spy-web", "spy-db"]
 
-    assert Client.version() == f"singularity version 3.11.5+instancelib.{__version__}"
+    assert spython.version() == f"singularity version 3.11.5+instancelib.{__version__}"
     assert recorder.take() == [(0, ["--version"])]
 
-    web = Client.instance(image.path, name="spy-web", options=["--env", "COLOUR=blue"])
+    web = spython.instance(image.path, name="spy-web", options=["--env", "COLOUR=blue"])
     calls = _calls(recorder)
     assert (0, ["instance", "start", "--env", "COLOUR=blue", image.path, "spy-web"]) in calls
     assert (0, ["instance", "list", "--json", "spy-web"]) in calls
     assert all(status == 0 for status, _argv in calls)
     assert web.pid == InstanceRegistry(layout="singularity").get("spy-web").pid
 
-    listed = Client.instances()
+    listed = spython.instances()
     assert [i.name for i in listed] == ["spy-web"]
     assert listed[0].pid == web.pid and listed[0]._image == image.path
     assert (0, ["instance", "list", "--json"]) in _calls(recorder)
 
     # execute() on the instance; environ replaces the client's environment, and the
     # SINGULARITYENV_ variable in it is read at exec time.
-    output = Client.execute(web, ["sh", "-c", "echo $COLOUR $SHAPE"],
+    output = spython.execute(web, ["sh", "-c", "echo $COLOUR $SHAPE"],
                             environ={**os.environ, "SINGULARITYENV_SHAPE": "round"})
     assert output == "blue round\n"
     assert (0, ["exec", "instance://spy-web", "sh", "-c", "echo $COLOUR $SHAPE"]) in \
         _calls(recorder)
 
     # On an image: the foreground exec, and run.
-    assert Client.execute(image.path, ["sh", "-c", "echo fg; exit 0"]) == "fg\n"
+    assert spython.execute(image.path, ["sh", "-c", "echo fg; exit 0"]) == "fg\n"
     assert _calls(recorder)[-1] == (0, ["exec", image.path, "sh", "-c", "echo fg; exit 0"])
-    failed = Client.execute(image.path, ["sh", "-c", "exit 3"], return_result=True)
+    failed = spython.execute(image.path, ["sh", "-c", "exit 3"], return_result=True)
     assert failed["return_code"] == 3
     assert _calls(recorder)[-1] == (3, ["exec", image.path, "sh", "-c", "exit 3"])
-    assert Client.run(image.path, args=["-c", "echo ran"], quiet=True) == "ran"
+    assert spython.run(image.path, args=["-c", "echo ran"], quiet=True) == "ran"
     assert _calls(recorder)[-1] == (0, ["run", image.path, "-c", "echo ran"])
 
     # Logs, where spython looks for them.
@@ -101,16 +99,16 @@ def test_spython_version_and_instances(client, make_image):
 
     assert web.stop() == 0
     assert _calls(recorder)[-1] == (0, ["instance", "stop", "spy-web"])
-    assert Client.instances() == []
+    assert spython.instances() == []
 
     # instance_stopall: Singularity 3's spelling (it read "version 3"), and 0.
-    Client.instance(image.path, name="spy-db")
-    Client.instance(image.path, name="spy-web")
+    spython.instance(image.path, name="spy-db")
+    spython.instance(image.path, name="spy-web")
     _calls(recorder)
-    assert Client.instance_stopall() == 0
+    assert spython.instance_stopall() == 0
     calls = _calls(recorder)
     assert calls[-1] == (0, ["instance", "stop", "--all"])
     assert InstanceRegistry(layout="singularity").list() == []
     # With nothing running: Singularity's status, 255.
-    assert Client.instance_stopall() == 255
+    assert spython.instance_stopall() == 255
     assert _calls(recorder)[-1] == (255, ["instance", "stop", "--all"])

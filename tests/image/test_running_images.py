@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import time
 
 from instancelib import Image
 from instancelib.linux.userns import has_host_root
+from instancelib.verbosity import VERBOSE
 from tests.helpers import loop_devices, wait_for
 
 
@@ -19,7 +19,7 @@ def _attached_to(path) -> set[str]:  # type: ignore[no-untyped-def]
 
 
 def test_instance_from_a_sif(sif_path, start, caplog, monkeypatch, tmp_path):
-    caplog.set_level(logging.INFO, logger="instancelib")
+    caplog.set_level(VERBOSE, logger="instancelib")  # routine notes: VERBOSE (-v)
     monkeypatch.setenv("INSTANCELIB_CACHE", str(tmp_path / "cache"))
     first = start(Image(sif_path), "sif1")
     wait_for(lambda: "started-from-image" in first.stdout_path.read_text())
@@ -58,7 +58,7 @@ def test_unprivileged_sif_uses_squashfuse_when_fuse_is_usable(sif_path, tmp_path
     else the extracted copy; either way the chosen way is logged."""
     code = (
         "import logging, sys\n"
-        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "logging.basicConfig(level=15, stream=sys.stdout, format='%(message)s')\n"
         "from instancelib import Image, Instance, InstanceRegistry\n"
         f"reg = InstanceRegistry({str(tmp_path / 'reg')!r})\n"
         f"i = Instance.start(Image({str(sif_path)!r}), 'fuse', registry=reg)\n"
@@ -102,7 +102,7 @@ def test_oci_runscript_works_in_the_working_directory(podman_archives, start, mo
 
 
 def test_an_archive_is_unpacked_once(podman_archives, start, monkeypatch, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="instancelib")
+    caplog.set_level(VERBOSE, logger="instancelib")  # routine notes: VERBOSE (-v)
     monkeypatch.setenv("INSTANCELIB_CACHE", str(tmp_path / "cache"))
     began = time.monotonic()
     start(Image(podman_archives["oci-archive"]), "once1").stop()
