@@ -8,8 +8,7 @@ The public API, re-exported from the modules that define it::
     web.stop()
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from instancelib.errors import BuildError as BuildError
 from instancelib.errors import DefinitionError as DefinitionError
@@ -28,7 +27,12 @@ from instancelib.errors import Timeout as Timeout
 from instancelib.errors import Unsupported as Unsupported
 from instancelib.version import __version__ as __version__
 
+# Not typing's TYPE_CHECKING: importing typing would cost every quick command (the
+# CLI's `--version`) more than the rest of its work.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from instancelib.binds import Bind as Bind
     from instancelib.build import BuildProgress as BuildProgress
     from instancelib.build import build_image as build_image
@@ -129,6 +133,8 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'instancelib' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 (see TYPE_CHECKING)
+
     value = getattr(importlib.import_module(module), name)
     if isinstance(value, type):
         value.__module__ = "instancelib"

@@ -40,8 +40,8 @@ def launcher_text(name: str) -> str:
     return (f"#!{sys.executable} -S\n{MARK}\n"
             "import sys\n"
             f"sys.path[:] = {search!r}\n"
-            "from instancelib.cli.main import main\n"
-            f"raise SystemExit(main(prog={name!r}))\n")
+            "from instancelib.cli.quick import entry\n"
+            f"raise SystemExit(entry(prog={name!r}))\n")
 
 
 def write_launcher(name: str, directory: str | os.PathLike[str], *, force: bool = False) -> Path:

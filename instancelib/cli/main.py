@@ -34,15 +34,14 @@ verb's module is imported when that verb runs.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from instancelib.cli.personality import PERSONALITIES, Personality, personality_of
 from instancelib.errors import InstanceError
 from instancelib.verbosity import VERBOSE
-from instancelib.version import __version__
 
 if TYPE_CHECKING:
     import argparse
@@ -50,43 +49,13 @@ if TYPE_CHECKING:
     from instancelib.records.directory import InstanceRecords
     from instancelib.registry import InstanceRegistry
 
-__all__ = ["ERROR_EXIT", "PERSONALITIES", "VERBOSE", "Personality", "Session", "main"]
+__all__ = ["ERROR_EXIT", "PERSONALITIES", "VERBOSE", "Personality", "Session", "main",
+           "personality_of"]
 
 log = logging.getLogger("instancelib")
 
 ERROR_EXIT = 255
 
-
-
-class Personality:
-    """What the command is when run under a name: its version line, layout, prompt."""
-
-    def __init__(self, name: str, version: str, layout: str, prompt: str) -> None:
-        self.name = name
-        self.version = version
-        self.layout = layout
-        self.prompt = prompt
-
-    @property
-    def version_line(self) -> str:
-        return f"{self.name} version {self.version}"
-
-
-# The versions claimed are those whose command line and layout instancelib follows
-# (SingularityCE 3.11, Apptainer 1.3); the build metadata after "+" says what it is
-# (semver: it does not change the version's order).  spython only uses Singularity
-# 3's spelling of "instance stop --all" when the line holds "version 3".
-PERSONALITIES: dict[str, Personality] = {
-    "instancelib": Personality("instancelib", __version__, "instancelib", "Instancelib> "),
-    "singularity": Personality("singularity", f"3.11.5+instancelib.{__version__}",
-                               "singularity", "Singularity> "),
-    "apptainer": Personality("apptainer", f"1.3.6+instancelib.{__version__}", "apptainer",
-                             "Apptainer> "),
-}
-
-# Global options that take no value (as Singularity's: before the verb).
-_GLOBAL_FLAGS = frozenset({"-d", "--debug", "-q", "--quiet", "-s", "--silent", "-v",
-                           "--verbose", "--nocolor"})
 
 
 class _Formatter(logging.Formatter):
@@ -161,24 +130,6 @@ _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = 
 }
 
 
-def personality_of(prog: str | None) -> Personality:
-    """The personality of a program name (``singularity``, ``apptainer``; else instancelib)."""
-    name = os.path.basename(prog if prog is not None else (sys.argv[0] if sys.argv else ""))
-    return PERSONALITIES.get(name, PERSONALITIES["instancelib"])
-
-
-def _quick_version(argv: Sequence[str], personality: Personality) -> bool:
-    """``--version`` or ``version`` after only global flags: printed without the parser."""
-    rest = [arg for arg in argv if arg not in _GLOBAL_FLAGS]
-    if rest == ["--version"]:
-        sys.stdout.write(personality.version_line + "\n")
-        return True
-    if rest == ["version"]:
-        sys.stdout.write(personality.version + "\n")
-        return True
-    return False
-
-
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the command line; return the exit status.
 
@@ -187,8 +138,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     personality = personality_of(prog)
-    if _quick_version(arguments, personality):
-        return 0
     from instancelib.cli.parser import UsageError, build_parser  # noqa: PLC0415
 
     try:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # (not typing's: importing typing costs each quick command a lot)
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
     from instancelib.cgroups.stats import Stats
 
 __all__ = ["format_binary", "format_decimal", "format_stats", "go_json", "go_json_line",

@@ -24,22 +24,14 @@ from pathlib import Path
 
 from instancelib.errors import InvalidArgument, PermissionDenied
 from instancelib.linux.userns import has_host_root
+from instancelib.records import layout as layouts
 from instancelib.records import recovery
 from instancelib.records.record import InstanceRecord, NameLock, validate_name
 from instancelib.records.store import RecordStore
 
 __all__ = ["LAYOUTS", "InstanceRecords", "default_root"]
 
-# Registry layouts: instancelib's own, and Singularity's and Apptainer's (their
-# per-user configuration directory and the variable that moves it).  Clients of
-# those tools (spython, singularity-compose) read the logs at
-# <configdir>/instances/logs/<host>/<user>/<name>.out|.err; the records go beside
-# them in a directory of instancelib's own, where neither tool looks.
-LAYOUTS: dict[str, tuple[str, str]] = {
-    "instancelib": ("INSTANCELIB_HOME", ".instancelib"),
-    "singularity": ("SINGULARITY_CONFIGDIR", ".singularity"),
-    "apptainer": ("APPTAINER_CONFIGDIR", ".apptainer"),
-}
+LAYOUTS = layouts.LAYOUTS
 
 EndedCallback = Callable[[InstanceRecord], None]
 
@@ -48,26 +40,7 @@ def default_root(layout: str = "instancelib") -> Path:
     """``$INSTANCELIB_HOME``, else ``~/.instancelib`` (for ``layout="singularity"``:
     ``$SINGULARITY_CONFIGDIR`` or ``~/.singularity``; ``"apptainer"``:
     ``$APPTAINER_CONFIGDIR`` or ``~/.apptainer``)."""
-    variable, directory = _layout(layout)
-    configured = os.environ.get(variable)
-    if configured:
-        return Path(configured).absolute()
-    return Path.home() / directory
-
-
-def _layout(layout: str) -> tuple[str, str]:
-    try:
-        return LAYOUTS[layout]
-    except (KeyError, TypeError):
-        raise InvalidArgument(f"unknown registry layout {layout!r} (expected one of "
-                              f"{', '.join(LAYOUTS)})") from None
-
-
-def _subdirs(layout: str, host: str, user: str) -> dict[str, tuple[str, ...]] | None:
-    if layout == "instancelib":
-        return None
-    return {"instances": ("instances", "instancelib", host, user),
-            "logs": ("instances", "logs", host, user)}
+    return Path(layouts.root_dir(layout))
 
 
 def _lookup_user(user: str | int) -> pwd.struct_passwd:
@@ -75,14 +48,6 @@ def _lookup_user(user: str | int) -> pwd.struct_passwd:
         return pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
     except KeyError:
         raise InvalidArgument(f"no such user: {user!r}") from None
-
-
-def _user_name(uid: int) -> str:
-    """The passwd name of ``uid`` (Singularity's layout has it); the number when it has none."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 class InstanceRecords:
@@ -110,11 +75,11 @@ class InstanceRecords:
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
                  user: str | int | None = None, on_ended: EndedCallback | None = None,
                  layout: str = "instancelib") -> None:
-        directory = _layout(layout)[1]
+        directory = layouts.check_layout(layout)[1]
         if user is None:
             self.owner_uid = os.geteuid()
             self.root = Path(root).absolute() if root is not None else default_root(layout)
-            name = _user_name(self.owner_uid) if layout != "instancelib" else ""
+            name = layouts.user_name(self.owner_uid) if layout != "instancelib" else ""
         else:
             entry = _lookup_user(user)
             if entry.pw_uid != os.geteuid() and not has_host_root():
@@ -127,7 +92,7 @@ class InstanceRecords:
         self.layout = layout
         self.host = socket.gethostname()
         self.store = RecordStore(self.root, self.owner_uid, self.host,
-                                 _subdirs(layout, self.host, name))
+                                 layouts.subdirs(layout, self.host, name))
         self.instances_dir = self.store.instances_dir
         self.logs_dir = self.store.logs_dir
         self._on_ended = on_ended
