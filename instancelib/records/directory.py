@@ -93,6 +93,7 @@ class InstanceRecords:
         self.host = socket.gethostname()
         self.store = RecordStore(self.root, self.owner_uid, self.host,
                                  layouts.subdirs(layout, self.host, name))
+        self.store.root_variable = layouts.check_layout(layout)[0]
         self.instances_dir = self.store.instances_dir
         self.logs_dir = self.store.logs_dir
         self._on_ended = on_ended

@@ -51,6 +51,8 @@ class OwnerFiles:
         self.host = host
         self.subdirs: Subdirs = subdirs or {"instances": ("instances", host),
                                             "logs": ("logs", host)}
+        # The variable that moves the root (named when the root cannot be made).
+        self.root_variable = "INSTANCELIB_HOME"
         self.instances_dir = root.joinpath(*self.subdirs["instances"])
         self.logs_dir = root.joinpath(*self.subdirs["logs"])
         self._held: dict[str, tuple[int, tuple[int, int]]] = {}  # kind: (fd, (dev, inode))
@@ -112,8 +114,12 @@ class OwnerFiles:
                 anchor.mkdir(mode=0o700, parents=True, exist_ok=True)
                 current = os.open(anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as err:
-                raise RegistryError("cannot create the registry directory", path=str(anchor),
-                                    errno=err.errno) from err
+                # A service user whose home does not exist (systemd's User=www-data): say
+                # what to set rather than where it failed.
+                raise RegistryError(
+                    f"cannot create the registry directory {self.root} ({os.strerror(err.errno)}"
+                    f"): set {self.root_variable} to a directory you own (or HOME to an "
+                    "existing home)", path=str(self.root)) from err
         except OSError as err:
             raise RegistryError("cannot open the registry directory", path=str(anchor),
                                 errno=err.errno) from err
