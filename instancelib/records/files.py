@@ -117,7 +117,7 @@ class OwnerFiles:
                 # A service user whose home does not exist (systemd's User=www-data): say
                 # what to set rather than where it failed.
                 raise RegistryError(
-                    f"cannot create the registry directory {self.root} ({os.strerror(err.errno)}"
+                    f"cannot create the registry directory {self.root} ({err.strerror or err}"
                     f"): set {self.root_variable} to a directory you own (or HOME to an "
                     "existing home)", path=str(self.root)) from err
         except OSError as err:
