@@ -131,7 +131,11 @@ def _attached(args: argparse.Namespace, session: Session,
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         env.setdefault("PS1", session.personality.prompt)
     if args.app:
-        env.setdefault("SCIF_APPNAME", args.app)
+        env.update(_app_environment(args.app))
+        inner = command
+
+        def command(instance: Instance) -> list[str]:
+            return _in_app(instance, args.app, inner(instance))
     if args.target.startswith(INSTANCE_URI):
         instance = session.registry().get(instance_name(args.target))
         ignored = [f"--{name.replace('_', '-')}" for name in _SHAPING
@@ -156,6 +160,32 @@ def _attach(instance: Instance, argv: list[str], env: dict[str, str], cwd: str |
     return run_attached(instance, argv, env, cwd)
 
 
+# SCIF apps (``--app NAME``), as Singularity runs them: the app's variables, its env
+# scripts sourced, its bin and lib first; run and test take the app's scripts.
+_APP_SHELL = ('for f in "$SCIF_APPROOT"/scif/env/*.sh; do [ -f "$f" ] && . "$f"; done; '
+              'exec "$@"')
+
+
+def _app_environment(app: str) -> dict[str, str]:
+    root = f"/scif/apps/{app}"
+    return {"SCIF_APPNAME": app, "SCIF_APPROOT": root, "SCIF_APPDATA": f"/scif/data/{app}",
+            "SCIF_APPRUN": f"{root}/scif/runscript", "SCIF_APPTEST": f"{root}/scif/test",
+            "SCIF_APPENV": f"{root}/scif/env", "SCIF_APPBIN": f"{root}/bin",
+            "SCIF_APPLIB": f"{root}/lib", "PREPEND_PATH": f"{root}/bin"}
+
+
+def _in_app(instance: Instance, app: str, argv: list[str]) -> list[str]:
+    if "/" in app or app in (".", ".."):
+        raise InvalidArgument(f"--app expects an app name (got {app!r})")
+    try:
+        exists = pathwalk.resolve_in_root(f"/proc/{instance.pid}/root", f"/scif/apps/{app}")[1]
+    except OSError:
+        exists = False
+    if not exists:
+        raise NotFound(f"no app {app} in the image (see 'inspect --list-apps')")
+    return ["/bin/sh", "-c", _APP_SHELL, "sh", *argv]
+
+
 def exec_command(args: argparse.Namespace, session: Session) -> int:
     command = _command_args(args)
     if not command:
@@ -165,10 +195,16 @@ def exec_command(args: argparse.Namespace, session: Session) -> int:
 
 def run_command(args: argparse.Namespace, session: Session) -> int:
     extra = _command_args(args)
+    if args.app:  # the app's runscript (wrapped in the app's environment by _attached)
+        return _attached(args, session, lambda _instance: [
+            "/bin/sh", f"/scif/apps/{args.app}/scif/runscript", *extra])
     return _attached(args, session, lambda instance: instance.run_command(extra))
 
 
 def test_command(args: argparse.Namespace, session: Session) -> int:
+    if args.app:
+        return _attached(args, session, lambda _instance: [
+            "/bin/sh", f"/scif/apps/{args.app}/scif/test"])
     return _attached(args, session, foreground.test_command)
 
 

@@ -262,3 +262,23 @@ def test_image_exec_and_run_in_the_api(make_image, tmp_path):
     with pytest.raises(ValueError, match="not an option of a foreground command: ready"):
         Image(image.path).exec(["true"], ready="tcp:80")
     assert _foreground_dirs() == before
+
+
+def test_scif_apps_with_app(singularity, tmp_path):
+    definition = tmp_path / "apps.def"
+    definition.write_text(
+        "Bootstrap: busybox\n"
+        "%apprun hello\n    echo \"app $SCIF_APPNAME says $GREET to $1\"\n"
+        "%appenv hello\n    export GREET=hi\n"
+        "%apptest hello\n    test \"$SCIF_APPNAME\" = hello && exit 3\n"
+        "%appinstall hello\n    mkdir -p bin && printf '#!/bin/sh\\necho tool\\n' > bin/tool"
+        " && chmod +x bin/tool\n")
+    built = singularity("build", "--sandbox", str(tmp_path / "apps"), str(definition))
+    assert built.returncode == 0, built.stderr
+    image = str(tmp_path / "apps")
+    assert singularity("run", "--app", "hello", image, "you").stdout == "app hello says hi to you\n"
+    assert singularity("exec", "--app", "hello", image, "sh", "-c",
+                       "echo $GREET; tool").stdout == "hi\ntool\n"
+    assert singularity("test", "--app", "hello", image).returncode == 3
+    missing = singularity("run", "--app", "nope", image)
+    assert missing.returncode == 255 and "no app nope in the image" in missing.stderr
