@@ -110,7 +110,8 @@ class Definition:
         if len(stages) != 1:
             raise DefinitionError(f"expected one stage, found {len(stages)} (use parse_stages)",
                                   line=stages[1].line)
-        # One stage is the whole file, a comment before its header included.
+        # One stage is the whole file, a comment before its header included (the stages
+        # of parse_stages start at their Bootstrap: line, as Apptainer's All does).
         return attrs.evolve(stages[0], raw=stages[0].full_raw)
 
     @classmethod
@@ -170,6 +171,14 @@ class Definition:
             name = name.lower()
             body = "".join(line + "\n" for line in lines[start + 1:end])
             line_no = first_line + start
+            if start == 0:
+                # A file that opens with a section (no header, nothing before it): as
+                # Apptainer, that first section is read with its trailing white space
+                # trimmed, and one with nothing left after its title is refused.
+                body = body.rstrip()
+                if not body:
+                    raise DefinitionError(f"section %{title}: could not be split into a "
+                                          "section name and a body", line=line_no)
             if name == "files":
                 _add_files(files, args, body)
             elif name in APP_SECTIONS:
