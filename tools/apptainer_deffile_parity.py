@@ -54,7 +54,7 @@ def main() -> int:
         got = [stage.to_dict() for stage in Definition.parse_stages(text)]
         if len(got) != len(expected):
             problems.append(f"multi/{case}: {len(got)} stages, Apptainer's {len(expected)}")
-        for n, (ours, theirs) in enumerate(zip(got, expected)):
+        for n, (ours, theirs) in enumerate(zip(got, expected, strict=False)):
             problems += differences(ours, theirs, f"multi/{case}[{n}]")
     bad = sorted((base / "testdata_bad").iterdir())
     for path in bad:
