@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return 0
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
+    saved = (log.propagate, log.level)  # the logger is the caller's too (main in-process)
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.DEBUG if args.debug else VERBOSE if args.verbose
@@ -168,3 +169,5 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
         return 130
     finally:
         log.removeHandler(handler)
+        log.propagate, level = saved
+        log.setLevel(level)

@@ -282,3 +282,18 @@ def test_scif_apps_with_app(singularity, tmp_path):
     assert singularity("test", "--app", "hello", image).returncode == 3
     missing = singularity("run", "--app", "nope", image)
     assert missing.returncode == 255 and "no app nope in the image" in missing.stderr
+
+
+def test_routine_notes_only_with_verbose(singularity, sif_path):
+    quiet = singularity("instance", "start", str(sif_path), "plain")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "squashfs" not in quiet.stderr and "cache" not in quiet.stderr
+    assert quiet.stderr == "INFO:    instance started successfully\n"
+    assert singularity("-q", "instance", "stop", "plain").stderr == ""
+    verbose = singularity("-v", "instance", "start", str(sif_path), "noted")
+    assert verbose.returncode == 0, verbose.stderr
+    # How the image was mounted: a loop device (root), squashfuse or the cache (a user).
+    assert "VERBOSE: " in verbose.stderr
+    assert any(word in verbose.stderr for word in ("mounted through /dev/loop",
+                                                   "squashfuse", "cache"))
+    assert singularity("instance", "stop", "noted").returncode == 0
