@@ -21,6 +21,10 @@ HOST = {"HOME": HOME, "PATH": "/host/bin", "LANG": "en_GB.UTF-8", "TERM": "xterm
         "EDITOR": "vi", "APPTAINERENV_FROM_PREFIX": "p", "INSTANCELIB_HOME": "/secret"}
 
 
+# An ordinary user's passwd and group entries, merged by PID 1 into copies of the image's.
+ACCOUNTS = [] if os.getuid() == 0 else [("account", "/etc/passwd"), ("account", "/etc/group")]
+
+
 def _plan(image, **options):  # type: ignore[no-untyped-def]
     return build_launch_plan(image, "plan", StartOptions(**options), host_env=HOST)
 
@@ -31,10 +35,11 @@ def _ops(plan):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("options", "expected"), [
     ({}, [("proc", "/proc"), ("sysfs", "/sys"), ("bind", "/dev"), ("bind", HOME),
-          ("bind", "/tmp"), ("bind", "/var/tmp"), *[("bind", f) for f in SYSTEM_FILE_BINDS]]),
+          ("bind", "/tmp"), ("bind", "/var/tmp"), *[("bind", f) for f in SYSTEM_FILE_BINDS],
+          *ACCOUNTS]),
     ({"contain": True}, [("proc", "/proc"), ("sysfs", "/sys"), ("minimal_dev", "/dev"),
                          ("tmpfs", HOME), ("tmpfs", "/tmp"), ("tmpfs", "/var/tmp"),
-                         *[("bind", f) for f in SYSTEM_FILE_BINDS]]),
+                         *[("bind", f) for f in SYSTEM_FILE_BINDS], *ACCOUNTS]),
 ])
 def test_default_mounts(image, options, expected):
     assert _ops(_plan(image, **options)) == expected
@@ -92,3 +97,16 @@ def test_the_plan_crosses_to_pid1_as_json(image):
     wire = _plan(image, args=["a"], hostname="h").to_wire()
     assert json.loads(json.dumps(wire)) == wire
     assert wire["command"] == {"kind": "start", "args": ["a"]} and wire["hostname"] == "h"
+
+
+def test_an_ordinary_user_gets_their_passwd_and_group_entries(image):
+    accounts = [m for m in _plan(image).mounts if m.op == "account"]
+    entry = pwd.getpwuid(os.getuid())
+    if os.getuid() == 0:
+        assert accounts == []  # root inside is the image's root
+    else:
+        assert [m.target for m in accounts] == ["/etc/passwd", "/etc/group"]
+        assert accounts[0].options == (f"{entry.pw_name}:x:{entry.pw_uid}:{entry.pw_gid}:"
+                                       f"{entry.pw_gecos}:{entry.pw_dir}:{entry.pw_shell}")
+    # fakeroot: root inside, whose entry the image has.
+    assert not [m for m in _plan(image, fakeroot=True).mounts if m.op == "account"]
