@@ -79,6 +79,7 @@ class Image(base.Image):
         root = tempfile.mkdtemp(prefix=_prefix())
         hold = os.open(os.path.join(root, _HOLD), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                        | os.O_CLOEXEC, 0o600)
+        registry: InstanceRegistry | None = None
         try:
             fcntl.flock(hold, fcntl.LOCK_EX)
             registry = InstanceRegistry(root)
@@ -88,8 +89,9 @@ class Image(base.Image):
                 yield instance
             finally:
                 instance.stop(timeout=2.0)
-                registry.store.close()
         finally:
+            if registry is not None:
+                registry.store.close()
             shutil.rmtree(root, ignore_errors=True)
             os.close(hold)
 

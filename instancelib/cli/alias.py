@@ -74,7 +74,14 @@ def write_launcher(name: str, directory: str | os.PathLike[str], *, force: bool 
 
 
 def alias_command(args: argparse.Namespace, session: Session) -> int:
-    directory = args.directory or os.path.join(os.path.expanduser("~"), ".local", "bin")
+    directory = args.directory
+    if not directory:  # the usual place for a user's commands, made as pip makes it
+        directory = os.path.join(os.path.expanduser("~"), ".local", "bin")
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except OSError as err:
+            raise InvalidArgument(f"cannot make {directory}: {err.strerror} (give a "
+                                  "directory: instancelib alias NAME DIR)") from err
     path = write_launcher(args.name, directory, force=args.force)
     log.info("wrote %s: instancelib as %s", path, args.name)
     on_path = [p for p in os.environ.get("PATH", "").split(":") if p]

@@ -110,3 +110,21 @@ def test_a_build_on_a_non_terminal_prints_each_step_once(monkeypatch):
         logger.setLevel(level)
         sys.stderr.close()
     assert seen == ["bootstrap", "%post", "mksquashfs"]
+
+
+def test_alias_writes_the_launcher_in_the_users_bin_by_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert main(["alias", "singularity"]) == 0
+    launcher = tmp_path / ".local" / "bin" / "singularity"
+    assert launcher.read_text().startswith(f"#!{sys.executable} -S\n")
+    err = capsys.readouterr().err
+    assert f"INFO:    wrote {launcher}: instancelib as singularity" in err
+    assert f"WARNING: {launcher.parent} is not on PATH" in err
+    result = subprocess.run([str(launcher), "--version"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.stdout.startswith("singularity version 3.11.5+instancelib.")
+    (tmp_path / "no-home").write_text("a file where a directory should be")
+    monkeypatch.setenv("HOME", str(tmp_path / "no-home"))
+    assert main(["alias", "apptainer"]) == ERROR_EXIT
+    assert capsys.readouterr().err.startswith("FATAL:   cannot make ")
