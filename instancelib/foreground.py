@@ -32,19 +32,21 @@ from typing import Any
 from instancelib.errors import InvalidArgument
 from instancelib.image import image as base
 from instancelib.instance import Instance
+from instancelib.linux import pathwalk
 from instancelib.process import ExecResult
 from instancelib.registry import InstanceRegistry
 
-__all__ = ["Image", "prune_stale"]
+__all__ = ["SERVICE_OPTIONS", "Image", "exists_inside", "prune_stale", "test_command"]
 
 log = logging.getLogger("instancelib")
 
 _NAME = "foreground"
 _HOLD = ".held"
 _TEST = "/.singularity.d/test"
-# What a temporary instance may not be given: it has no service and no name.
-_REFUSED = frozenset({"args", "run", "ready", "pid_file", "service", "end_with_caller",
-                      "registry"})
+# Instance.start's options a temporary instance may not be given: it has no service and
+# no name of the caller's.
+SERVICE_OPTIONS = frozenset({"args", "run", "ready", "pid_file", "service", "end_with_caller",
+                             "registry"})
 
 
 def _prefix() -> str:
@@ -72,7 +74,7 @@ class Image(base.Image):
         Raises:
             what ``Instance.start`` raises.
         """
-        refused = sorted(_REFUSED & options.keys())
+        refused = sorted(SERVICE_OPTIONS & options.keys())
         if refused:
             raise InvalidArgument(f"not an option of a foreground command: {', '.join(refused)}")
         prune_stale()
@@ -124,16 +126,17 @@ class Image(base.Image):
             return instance.exec(test_command(instance), env=env, timeout=timeout, text=text)
 
 
+def exists_inside(instance: Instance, path: str) -> bool:
+    """Whether ``path`` exists in the running instance's root (resolved inside it)."""
+    try:
+        return pathwalk.resolve_in_root(f"/proc/{instance.pid}/root", path)[1]
+    except OSError:
+        return False
+
+
 def test_command(instance: Instance) -> list[str]:
     """The command ``test`` runs: the image's test script, or ``true`` if it has none."""
-    from instancelib.linux import pathwalk  # noqa: PLC0415
-
-    root = f"/proc/{instance.pid}/root"
-    try:
-        _canonical, exists = pathwalk.resolve_in_root(root, _TEST)
-    except OSError:
-        exists = False
-    return ["/bin/sh", _TEST] if exists else ["/bin/sh", "-c", "exit 0"]
+    return ["/bin/sh", _TEST] if exists_inside(instance, _TEST) else ["/bin/sh", "-c", "exit 0"]
 
 
 def prune_stale() -> list[str]:

@@ -23,9 +23,7 @@ from instancelib.cli.parser import (
 from instancelib.cli.terminal import run_attached, shell_on_pty
 from instancelib.environment import prefixed_overrides
 from instancelib.errors import InvalidArgument, NotFound
-from instancelib.foreground import Image
 from instancelib.instance import Instance
-from instancelib.linux import pathwalk
 from instancelib.stopping import stop_instances
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ log = logging.getLogger("instancelib")
 
 def instance_start(args: argparse.Namespace, session: Session) -> int:
     options = start_options(args)
-    Instance.start(Image(args.image), args.name, registry=session.registry(),
+    Instance.start(foreground.Image(args.image), args.name, registry=session.registry(),
                    **options.arguments())
     log.info("instance started successfully")
     return 0
@@ -116,10 +114,9 @@ def _caller_cwd(instance: Instance, pwd: str | None) -> str | None:
         return pwd
     try:
         here = os.getcwd()
-        _canonical, exists = pathwalk.resolve_in_root(f"/proc/{instance.pid}/root", here)
     except OSError:
         return None
-    return here if exists else None
+    return here if foreground.exists_inside(instance, here) else None
 
 
 def _attached(args: argparse.Namespace, session: Session,
@@ -145,10 +142,9 @@ def _attached(args: argparse.Namespace, session: Session,
                         ", ".join(ignored))
         return _attach(instance, command(instance), env, _caller_cwd(instance, args.pwd),
                        shell)
-    options = start_options(args, foreground=True).arguments()
-    for name in ("args", "run", "ready", "pid_file", "service", "end_with_caller", "timeout"):
-        options.pop(name, None)
-    with Image(args.target).temporary_instance(**options) as instance:
+    options = {name: value for name, value in start_options(args, foreground=True)
+               .arguments().items() if name not in foreground.SERVICE_OPTIONS}
+    with foreground.Image(args.target).temporary_instance(**options) as instance:
         return _attach(instance, command(instance), env, _caller_cwd(instance, args.pwd),
                        shell)
 
@@ -177,11 +173,7 @@ def _app_environment(app: str) -> dict[str, str]:
 def _in_app(instance: Instance, app: str, argv: list[str]) -> list[str]:
     if "/" in app or app in (".", ".."):
         raise InvalidArgument(f"--app expects an app name (got {app!r})")
-    try:
-        exists = pathwalk.resolve_in_root(f"/proc/{instance.pid}/root", f"/scif/apps/{app}")[1]
-    except OSError:
-        exists = False
-    if not exists:
+    if not foreground.exists_inside(instance, f"/scif/apps/{app}"):
         raise NotFound(f"no app {app} in the image (see 'inspect --list-apps')")
     return ["/bin/sh", "-c", _APP_SHELL, "sh", *argv]
 
@@ -212,11 +204,7 @@ def shell_command(args: argparse.Namespace, session: Session) -> int:
     def shell(instance: Instance) -> list[str]:
         if args.shell_path:
             return [args.shell_path]
-        root = f"/proc/{instance.pid}/root"
-        try:
-            has_bash = pathwalk.resolve_in_root(root, "/bin/bash")[1]
-        except OSError:
-            has_bash = False
+        has_bash = foreground.exists_inside(instance, "/bin/bash")
         # As Singularity: bash without the host's or the image's rc files (its prompt
         # stays the one set here), else sh.
         return ["/bin/bash", "--norc"] if has_bash else ["/bin/sh"]

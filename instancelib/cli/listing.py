@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from instancelib.cli.output import go_json_line, tabulate
+from instancelib.cli.output import format_instances, tabulate
 from instancelib.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -30,21 +30,18 @@ def instance_list(args: argparse.Namespace, session: Session) -> int:
             log.info("recovered instance %s (pid %d)", instance.name, instance.pid)
     registry = session.records()
     records = registry.records(args.pattern)
-    if args.json:
-        sys.stdout.write(go_json_line({"instances": [
-            {"instance": r.name, "pid": r.pid, "img": r.image, "ip": r.ip,
-             "logErrPath": str(registry.log_paths(r.name)[1]),
-             "logOutPath": str(registry.log_paths(r.name)[0])} for r in records]}))
-    elif args.logs:
+    if not args.logs:
+        found = []
+        for r in records:
+            out, err = registry.log_paths(r.name)
+            found.append((r.name, r.pid, r.image, r.ip, str(out), str(err)))
+        sys.stdout.write(format_instances(found, as_json=args.json))
+    else:
         rows = [["INSTANCE NAME", "PID"]]
         trailing = ["LOGS"]
         for r in records:
             out, err = registry.log_paths(r.name)
             rows += [[r.name, str(r.pid)], ["", ""]]
             trailing += [str(err), str(out)]
-        sys.stdout.write(tabulate(rows, trailing))
-    else:
-        rows = [["INSTANCE NAME", "PID", "IP"]] + [[r.name, str(r.pid), r.ip] for r in records]
-        trailing = ["IMAGE"] + [r.image for r in records]
         sys.stdout.write(tabulate(rows, trailing))
     return 0

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from instancelib.cli.personality import PERSONALITIES, Personality, personality_of
+from instancelib.cli.personality import Personality, personality_of
 from instancelib.errors import InstanceError
 from instancelib.verbosity import VERBOSE
 
@@ -49,8 +49,7 @@ if TYPE_CHECKING:
     from instancelib.records.directory import InstanceRecords
     from instancelib.registry import InstanceRegistry
 
-__all__ = ["ERROR_EXIT", "PERSONALITIES", "VERBOSE", "Personality", "Session", "main",
-           "personality_of"]
+__all__ = ["ERROR_EXIT", "Session", "main"]
 
 log = logging.getLogger("instancelib")
 

@@ -11,8 +11,8 @@ if TYPE_CHECKING:
 
     from instancelib.cgroups.stats import Stats
 
-__all__ = ["format_binary", "format_decimal", "format_stats", "go_json", "go_json_line",
-           "tabulate"]
+__all__ = ["format_binary", "format_decimal", "format_instances", "format_stats", "go_json",
+           "go_json_line", "tabulate"]
 
 
 def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
@@ -23,6 +23,18 @@ def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
         cells = "".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         lines.append(cells + last)
     return "".join(line + "\n" for line in lines)
+
+
+def format_instances(rows: Sequence[tuple[str, int, str, str, str, str]], *,
+                     as_json: bool) -> str:
+    """``instance list``'s output from (name, pid, image, ip, out log, err log) rows:
+    Apptainer's JSON, or its table."""
+    if as_json:
+        return go_json_line({"instances": [
+            {"instance": name, "pid": pid, "img": image, "ip": ip, "logErrPath": err,
+             "logOutPath": out} for name, pid, image, ip, out, err in rows]})
+    table = [["INSTANCE NAME", "PID", "IP"]] + [[r[0], str(r[1]), r[3]] for r in rows]
+    return tabulate(table, ["IMAGE"] + [r[2] for r in rows])
 
 
 def go_json(value: Any) -> str:

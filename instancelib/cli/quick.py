@@ -52,17 +52,12 @@ def _quick_list(options: list[str], personality: Personality) -> bool:
     if found is None:
         return False
     logs = os.path.join(root, *parts["logs"])
-    from instancelib.cli.output import go_json_line, tabulate  # noqa: PLC0415
+    from instancelib.cli.output import format_instances  # noqa: PLC0415
 
-    if as_json:
-        sys.stdout.write(go_json_line({"instances": [
-            {"instance": r["instance"], "pid": r["pid"], "img": r["img"], "ip": r["ip"],
-             "logErrPath": os.path.join(logs, f"{r['instance']}.err"),
-             "logOutPath": os.path.join(logs, f"{r['instance']}.out")} for r in found]}))
-    else:
-        rows = [["INSTANCE NAME", "PID", "IP"]] + [
-            [r["instance"], str(r["pid"]), r["ip"]] for r in found]
-        sys.stdout.write(tabulate(rows, ["IMAGE"] + [r["img"] for r in found]))
+    sys.stdout.write(format_instances(
+        [(r["instance"], r["pid"], r["img"], r["ip"],
+          os.path.join(logs, f"{r['instance']}.out"), os.path.join(logs, f"{r['instance']}.err"))
+         for r in found], as_json=as_json))
     return True
 
 

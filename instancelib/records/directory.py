@@ -75,7 +75,7 @@ class InstanceRecords:
     def __init__(self, root: str | os.PathLike[str] | None = None, *,
                  user: str | int | None = None, on_ended: EndedCallback | None = None,
                  layout: str = "instancelib") -> None:
-        directory = layouts.check_layout(layout)[1]
+        variable, directory = layouts.check_layout(layout)
         if user is None:
             self.owner_uid = os.geteuid()
             self.root = Path(root).absolute() if root is not None else default_root(layout)
@@ -92,8 +92,7 @@ class InstanceRecords:
         self.layout = layout
         self.host = socket.gethostname()
         self.store = RecordStore(self.root, self.owner_uid, self.host,
-                                 layouts.subdirs(layout, self.host, name))
-        self.store.root_variable = layouts.check_layout(layout)[0]
+                                 layouts.subdirs(layout, self.host, name), variable)
         self.instances_dir = self.store.instances_dir
         self.logs_dir = self.store.logs_dir
         self._on_ended = on_ended

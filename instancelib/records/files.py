@@ -45,14 +45,14 @@ class OwnerFiles:
     """
 
     def __init__(self, root: Path, owner_uid: int, host: str,
-                 subdirs: Subdirs | None = None) -> None:
+                 subdirs: Subdirs | None = None, root_variable: str = "INSTANCELIB_HOME") -> None:
         self.root = root
         self.owner_uid = owner_uid
         self.host = host
         self.subdirs: Subdirs = subdirs or {"instances": ("instances", host),
                                             "logs": ("logs", host)}
         # The variable that moves the root (named when the root cannot be made).
-        self.root_variable = "INSTANCELIB_HOME"
+        self.root_variable = root_variable
         self.instances_dir = root.joinpath(*self.subdirs["instances"])
         self.logs_dir = root.joinpath(*self.subdirs["logs"])
         self._held: dict[str, tuple[int, tuple[int, int]]] = {}  # kind: (fd, (dev, inode))

@@ -11,7 +11,9 @@ import pwd
 
 from instancelib.errors import InvalidArgument
 
-__all__ = ["LAYOUTS", "check_layout", "root_dir", "subdirs", "user_name"]
+__all__ = ["LAYOUTS", "SCHEMA", "check_layout", "root_dir", "subdirs", "user_name"]
+
+SCHEMA = 1  # the version of the record files' format (record.py writes it, quick.py reads it)
 
 # Registry layouts: instancelib's own, and Singularity's and Apptainer's (their
 # per-user configuration directory and the variable that moves it).  Clients of

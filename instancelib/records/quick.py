@@ -21,6 +21,7 @@ import os
 import stat
 
 from instancelib.linux import procfs
+from instancelib.records import layout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["running_records"]
 
-SCHEMA = 1
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _MAX_RECORD = 1 << 20
@@ -112,7 +112,7 @@ def _read(directory: int, filename: str, owner_uid: int) -> dict[str, Any] | Non
         data = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+    if not isinstance(data, dict) or data.get("schema") != layout.SCHEMA:
         return None
     if not all(isinstance(data.get(key), str) for key in ("img", "ip")):
         return None

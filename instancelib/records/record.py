@@ -20,11 +20,12 @@ import attrs
 
 from instancelib.errors import InvalidName
 from instancelib.linux import procfs
+from instancelib.records import layout
 
 __all__ = ["COPY_NAME", "InstanceRecord", "NameLock", "lock_note", "note_lock", "record_copy",
            "validate_name"]
 
-SCHEMA = 1
+SCHEMA = layout.SCHEMA
 COPY_NAME = "instancelib-record"   # the memfd PID 1 keeps (shows as /memfd:NAME)
 _NAME = re.compile(r"[a-zA-Z0-9._-]+\Z")
 MAX_COPY = 8 << 20  # a record plus an environment of up to ARG_MAX
