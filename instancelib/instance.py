@@ -137,6 +137,7 @@ class Instance(metaclass=_NoPublicConstructor):
         dns: str | Sequence[str] | None = None,
         service: bool = True,
         end_with_caller: bool = False,
+        cgroup_parent: str = "instancelib",
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -183,6 +184,13 @@ class Instance(metaclass=_NoPublicConstructor):
                 the process that started it ends, also when that process is
                 killed: nothing of a notebook's or a foreground command's
                 instance outlives it.
+            cgroup_parent: where the instance's cgroup goes: ``"instancelib"``
+                (the default), instancelib's own tree, so that the instance
+                outlives whatever started it; ``"caller"``, a child of the
+                caller's own cgroup (``<cgroup>/instancelib/...``), so that a
+                systemd unit's or a batch job's accounting, limits and stop
+                cover it (on cgroup v2 the caller's processes may move into
+                ``<cgroup>/supervisor``: see ``instancelib.cgroups.caller``).
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
@@ -201,7 +209,7 @@ class Instance(metaclass=_NoPublicConstructor):
             cleanenv=cleanenv, contain=contain, hostname=hostname, pid_file=pid_file,
             ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
             network_args=network_args, dns=dns, service=service,
-            end_with_caller=end_with_caller)
+            end_with_caller=end_with_caller, cgroup_parent=cgroup_parent)
         return start_instance(image, name, options, registry=registry, make=cls._started)
 
     @classmethod

@@ -17,6 +17,7 @@ import attrs
 
 from instancelib.binds import Bind, parse_binds
 from instancelib.cgroups.limits import Limits
+from instancelib.cgroups.tree import CGROUP_PARENTS
 from instancelib.durations import seconds
 from instancelib.environment import check_args, check_env
 from instancelib.errors import InvalidArgument
@@ -41,6 +42,15 @@ def _limits(value: Limits | None) -> Limits | None:
     if value is not None and not isinstance(value, Limits):
         raise InvalidArgument(f"limits must be a Limits object (got {value!r})")
     return value
+
+
+def _cgroup_parent(value: str | None) -> str:
+    if value is None:
+        return CGROUP_PARENTS[0]
+    if value not in CGROUP_PARENTS:
+        choices = " or ".join(map(repr, CGROUP_PARENTS))
+        raise InvalidArgument(f"cgroup_parent must be {choices} (got {value!r})")
+    return str(value)
 
 
 def _probe(value: Any) -> Probe | None:
@@ -117,6 +127,7 @@ class StartOptions:
     dns: tuple[str, ...] = attrs.field(default=(), converter=_dns)
     service: bool = attrs.field(default=True, converter=bool)
     end_with_caller: bool = attrs.field(default=False, converter=bool)
+    cgroup_parent: str = attrs.field(default=CGROUP_PARENTS[0], converter=_cgroup_parent)
 
     def __attrs_post_init__(self) -> None:
         if not self.service and (self.run or self.args or self.ready is not None):
@@ -138,7 +149,7 @@ class StartOptions:
                 "network_args": [str(a) if isinstance(a, str) else f"portmap={a}"
                                  for a in self.network_args],
                 "dns": list(self.dns), "service": self.service,
-                "end_with_caller": self.end_with_caller}
+                "end_with_caller": self.end_with_caller, "cgroup_parent": self.cgroup_parent}
 
     def arguments(self) -> dict[str, Any]:
         """The options as ``Instance.start`` keyword arguments."""

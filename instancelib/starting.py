@@ -116,7 +116,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             network_attach.check_ports_free(user_mode, name)
         for port in ports:
             on_failure.callback(port[0].close)
-        cgroup_plan = cgroup_tree.plan(name, options.limits)
+        cgroup_plan = cgroup_tree.plan(name, options.limits, options.cgroup_parent)
         # Undone after PID 1 is gone (callbacks run last-registered first).
         made: list[CgroupInfo] = []
         on_failure.callback(lambda: [cgroup_control.remove(i, wait=0.5) for i in made])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -159,3 +162,24 @@ def cgroup_tops() -> set[str]:
         if os.path.isdir(f"{root}/{d}") and not os.path.islink(f"{root}/{d}")]
     return {f"{h}/{entry}" for h in hierarchies for entry in os.listdir(h)
             if os.path.isdir(f"{h}/{entry}") and entry not in ("instancelib", "machine.slice")}
+
+
+def remove_cgroup_trees(tops: Sequence[Path], timeout: float = 10.0) -> None:
+    """Remove cgroups a test made (kill what its processes left in them, rmdir it all).
+
+    Only for trees the test itself made: every process in them is the test's.
+    """
+    deadline = time.monotonic() + timeout
+    while any(top.exists() for top in tops) and time.monotonic() < deadline:
+        for top in tops:
+            for directory in sorted((Path(d) for d, _, _ in os.walk(top)),
+                                    key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    for pid in (directory / "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+        time.sleep(0.05)
+    left = [str(top) for top in tops if top.exists()]
+    assert not left, f"could not remove {left}"

@@ -32,19 +32,22 @@ from typing import Any
 
 import attrs
 
-from instancelib.cgroups import resources, v1, v2
+from instancelib.cgroups import caller, resources, v1, v2
 from instancelib.cgroups.limits import Limits
 from instancelib.cgroups.resources import V1_NAMES
 from instancelib.errors import Unsupported
 from instancelib.linux import cgroupdirs
 from instancelib.linux.userns import has_host_root
 
-__all__ = ["NO_CGROUP", "TREE", "V1_NAMES", "CgroupInfo", "CgroupPlan", "Hierarchies", "adopt",
-           "detect", "in_our_tree", "plan", "relative"]
+__all__ = ["CGROUP_PARENTS", "NO_CGROUP", "TREE", "V1_NAMES", "CgroupInfo", "CgroupPlan",
+           "Hierarchies", "adopt", "detect", "in_our_tree", "plan", "relative"]
 
 log = logging.getLogger("instancelib")
 
 TREE = "instancelib"
+# Where an instance's cgroup goes: our own tree (the default), or below the caller's cgroup
+# (``instancelib.cgroups.caller``).
+CGROUP_PARENTS = ("instancelib", "caller")
 # What an instance always gets where available: enough for stats, pause and kill, and
 # cpuset, so that a start with CPU-set limits uses the same hierarchies as one without
 # (the fork-server's spare PID 1, born in a cgroup of those hierarchies, then fits both).
@@ -237,6 +240,7 @@ class CgroupPlan:
     v1_bases: dict[str, str]  # v1 controller → parent directory
     controllers: dict[str, str]
     limits: Limits
+    v2_top: str | None = None  # where enabling v2 controllers stops (default: the mount)
 
     def bases(self) -> list[str]:
         return ([self.v2_base] if self.v2_base else []) + sorted(self.v1_bases.values())
@@ -265,39 +269,50 @@ class CgroupPlan:
                           v2=v2, v1=v1_dirs, controllers=dict(self.controllers))
 
 
-def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
+def plan(name: str, limits: Limits | None, parent: str = "instancelib") -> CgroupPlan | None:
     """Decide where a new instance's cgroup goes and make its parent directories.
 
-    Returns None when this caller can have no cgroup here (an ordinary user
-    without a delegated subtree) and no limits were asked for.
+    ``parent`` is ``"instancelib"`` (our own tree) or ``"caller"`` (below the
+    caller's own cgroup: ``instancelib.cgroups.caller``).  Returns None when
+    this caller can have no cgroup there (an ordinary user without a cgroup v2
+    subtree of their own) and no limits were asked for.
 
     Raises:
         Unsupported: a limit no hierarchy here can enforce (nothing is made).
     """
     limits = limits or Limits()
     hierarchies = detect()
-    v2_base = _v2_base(hierarchies)
-    v1_tops = _v1_bases(hierarchies)
+    if parent == "caller":
+        place = caller.placement(hierarchies.v2_mount, hierarchies.v1_mounts,
+                                 root=has_host_root(), tree=TREE)
+        v2_base, v2_top, v1_tops = place.v2_base, place.v2_top, place.v1_bases
+    else:
+        v2_base, v2_top, v1_tops = (_v2_base(hierarchies), hierarchies.v2_mount,
+                                    _v1_bases(hierarchies))
     needed = limits.controllers()
     wanted = set(ALWAYS_CONTROLLERS) | needed
+    caller_top = v2_top if parent == "caller" else None
+    if caller_top is not None and v2_base is not None:
+        # Nothing of the caller's moves, and nothing is made, for a start that would be
+        # refused: judge by what its cgroup is offered.
+        _, missing = _choose(wanted, needed, limits, caller.offered(caller_top), v1_tops)
+        if missing:
+            raise Unsupported(_why_unsupported(missing, limits, hierarchies, v2_base,
+                                               caller_top=caller_top))
     v2_controllers: set[str] = set()
     if v2_base is not None:
         try:
-            v2_controllers = v2.enable_controllers(v2_base, wanted, hierarchies.v2_mount or "")
+            if caller_top is not None:
+                caller.split(caller_top, hierarchies.v2_mount or "", wanted)
+            v2_controllers = v2.enable_controllers(v2_base, wanted, v2_top or "")
         except OSError as err:
             log.debug("no cgroup v2 tree at %s: %s", v2_base, err.strerror)
             v2_base = None
-    choice: dict[str, str] = {}
-    for controller in sorted(wanted):
-        if controller in v2_controllers:
-            choice[controller] = "v2"
-        elif controller in V1_NAMES and V1_NAMES[controller][0] in v1_tops:
-            choice[controller] = "v1"
-    unified_only = {key.partition(".")[0] for key in limits.unified}
-    missing = sorted(c for c in needed if c not in choice or
-                     (c in unified_only and choice[c] != "v2"))
+    choice, missing = _choose(wanted, needed, limits, v2_controllers, v1_tops)
     if missing:
-        raise Unsupported(_why_unsupported(missing, limits, hierarchies, v2_base))
+        _remove_caller_bases(parent, [v2_base] if v2_base else [])
+        raise Unsupported(_why_unsupported(missing, limits, hierarchies, v2_base,
+                                           caller_top=caller_top))
     if v2_base is None and not choice:
         return None
     v1_bases: dict[str, str] = {}
@@ -308,20 +323,48 @@ def plan(name: str, limits: Limits | None) -> CgroupPlan | None:
         v1_bases["freezer"] = v1_tops["freezer"]
     leaf = cgroupdirs.leaf_name(os.geteuid(), os.getpid())
     cgroup_plan = CgroupPlan(leaf=leaf, v2_base=v2_base, v1_bases=v1_bases,
-                             controllers=choice, limits=limits)
-    _prepare_bases(cgroup_plan, with_v2=False)  # v2: done above
-    # Every limit's file exists in the bases as in a child: refuse now what
-    # this kernel cannot enforce, before anything starts.
-    resources.resolve(v2_base, v1_bases, choice, limits)
+                             controllers=choice, limits=limits, v2_top=v2_top)
+    try:
+        _prepare_bases(cgroup_plan, with_v2=False)  # v2: done above
+        # Every limit's file exists in the bases as in a child: refuse now what
+        # this kernel cannot enforce, before anything starts.
+        resources.resolve(v2_base, v1_bases, choice, limits)
+    except BaseException:
+        _remove_caller_bases(parent, cgroup_plan.bases())
+        raise
     _sweep_spares(cgroup_plan.bases())
     return cgroup_plan
+
+
+def _choose(wanted: set[str], needed: set[str], limits: Limits, v2_controllers: set[str],
+            v1_tops: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Which version serves each wanted controller, and the needed ones none serves."""
+    choice: dict[str, str] = {}
+    for controller in sorted(wanted):
+        if controller in v2_controllers:
+            choice[controller] = "v2"
+        elif controller in V1_NAMES and V1_NAMES[controller][0] in v1_tops:
+            choice[controller] = "v1"
+    unified_only = {key.partition(".")[0] for key in limits.unified}
+    missing = sorted(c for c in needed if c not in choice or
+                     (c in unified_only and choice[c] != "v2"))
+    return choice, missing
+
+
+def _remove_caller_bases(parent: str, bases: list[str]) -> None:
+    """Undo a refused start's ``instancelib/`` in the caller's cgroups (if empty)."""
+    if parent != "caller":
+        return  # our own tree's tops may stay
+    for base in bases:
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
 
 
 def _prepare_bases(cgroup_plan: CgroupPlan, *, with_v2: bool = True) -> None:
     hierarchies = detect()
     if with_v2 and cgroup_plan.v2_base is not None:
         v2.enable_controllers(cgroup_plan.v2_base, set(cgroup_plan.controllers),
-                              hierarchies.v2_mount or "")
+                              cgroup_plan.v2_top or hierarchies.v2_mount or "")
     for v1_name, base in cgroup_plan.v1_bases.items():
         v1.prepare_base(v1_name, base)
         if v1_name == "blkio":
@@ -395,13 +438,15 @@ def relative(directory: str, hierarchies: Hierarchies) -> str:
 
 
 def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchies,
-                     v2_base: str | None) -> str:
+                     v2_base: str | None, *, caller_top: str | None = None) -> str:
     v2_offers = "none"
     if v2_base is not None:
         with contextlib.suppress(OSError):
             v2_offers = v2.read(os.path.join(os.path.dirname(v2_base),
                                            "cgroup.controllers")).strip() or "none"
-    if not has_host_root() and v2_base is None:
+    if caller_top is not None:
+        where = _why_not_caller(caller_top, v2_base is not None, hierarchies)
+    elif not has_host_root() and v2_base is None:
         where = ("this user has no cgroup v2 subtree of their own (systemd's user manager "
                  "delegates one); cgroup v1 is root's")
     elif not has_host_root():
@@ -414,3 +459,19 @@ def _why_unsupported(missing: list[str], limits: Limits, hierarchies: Hierarchie
                  f"hierarchies: {', '.join(offered) or 'none'})")
     names = ", ".join(missing)
     return f"cannot enforce the {names} limits: {where}; {limits.to_dict()}"
+
+
+def _why_not_caller(top: str, writable: bool, hierarchies: Hierarchies) -> str:
+    """Why the caller's cgroup cannot serve a limit (``cgroup_parent="caller"``)."""
+    if not writable:
+        where = (f"cgroup_parent='caller': the caller's cgroup {top} is not this user's to "
+                 "write (a systemd unit hands its cgroup over with Delegate=yes)")
+    else:
+        offered = " ".join(sorted(caller.offered(top))) or "none"
+        where = (f"cgroup_parent='caller': the caller's cgroup {top} is offered only: "
+                 f"{offered} (a systemd unit gets controllers with Delegate=yes)")
+    if has_host_root() and hierarchies.v1_mounts:
+        where += f"; cgroup v1 hierarchies: {', '.join(sorted(hierarchies.v1_mounts))}"
+    elif hierarchies.v1_mounts:
+        where += "; cgroup v1 is root's"
+    return where

@@ -91,7 +91,7 @@ def instance_stats(args: argparse.Namespace, session: Session) -> int:
 _SHAPING = ("bind", "contain", "cleanenv", "writable_tmpfs", "hostname", "fakeroot", "net",
             "network", "network_args", "dns", "apply_cgroups", "memory", "memory_reservation",
             "memory_swap", "cpus", "cpu_shares", "cpuset_cpus", "cpuset_mems", "blkio_weight",
-            "pids_limit", "blkio_weight_device")
+            "pids_limit", "blkio_weight_device", "cgroup_parent")
 
 
 def _command_args(args: argparse.Namespace) -> list[str]:

@@ -195,6 +195,10 @@ def _add_start_options(parser: argparse.ArgumentParser, *, foreground: bool = Fa
         parser.add_argument("--timeout", type=float, default=30.0,
                             help="seconds the start (and readiness) may take (default 30)")
     limits = parser.add_argument_group("resource limits (the instance's cgroup)")
+    limits.add_argument("--cgroup-parent", choices=("instancelib", "caller"),
+                        help="where the instance's cgroup goes: instancelib's own tree "
+                             "(default), or a child of this command's cgroup (caller: a "
+                             "systemd unit's accounting, limits and stop then cover it)")
     limits.add_argument("--apply-cgroups", metavar="FILE",
                         help="limits from an Apptainer cgroups TOML file (the flags below "
                              "override it)")
@@ -327,7 +331,7 @@ def start_options(args: argparse.Namespace, *, foreground: bool = False) -> Star
         contain=args.contain, hostname=args.hostname, fakeroot=args.fakeroot,
         limits=parse_limits(args), network=_networks(args), network_args=[
             value for flag in args.network_args for value in split_flag_values(flag)],
-        dns=args.dns, **extra)  # type: ignore[arg-type]
+        dns=args.dns, cgroup_parent=args.cgroup_parent, **extra)  # type: ignore[arg-type]
 
 
 def _networks(args: argparse.Namespace) -> list[str] | None:

@@ -11,14 +11,11 @@ v1, which stays root's) a cgroup for pause and kill, and limits refused.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
 import secrets
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pytest
 
 from instancelib.cgroups import tree
 from instancelib.linux.userns import has_host_root
+from tests.helpers import remove_cgroup_trees
 from tests.users import USER_A, VENV_PYTHON, user_env
 
 pytestmark = [
@@ -92,23 +90,7 @@ def delegated() -> Iterator[Path]:
                 os.chown(directory / name, entry.pw_uid, entry.pw_gid)
         yield top
     finally:
-        _remove_tree(top)
-
-
-def _remove_tree(top: Path) -> None:
-    """Kill what our test left in the subtree (only its processes can be there), rmdir it."""
-    deadline = time.monotonic() + 10
-    while top.exists() and time.monotonic() < deadline:
-        for directory in sorted((Path(d) for d, _, _ in os.walk(top)),
-                                key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                for pid in (directory / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        time.sleep(0.05)
-    assert not top.exists(), f"could not remove {top}"
+        remove_cgroup_trees([top])
 
 
 def test_a_user_gets_cgroups_inside_their_delegated_subtree(delegated, shared):

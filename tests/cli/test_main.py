@@ -68,6 +68,8 @@ def test_stop_all_with_nothing_running_is_singularitys_fatal_line(capsys, tmp_pa
     (["instance", "stop", "--timeout", "soon"], "invalid float value: 'soon' (see "
      "'instancelib instance stop --help')"),
     (["instance", "list", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["instance", "start", "--cgroup-parent", "/system.slice", "img", "web"],
+     "invalid choice: '/system.slice' (choose from 'instancelib', 'caller')"),
 ])
 def test_a_usage_error_is_one_fatal_line_and_exit_255(capsys, argv, words):
     assert main(argv) == ERROR_EXIT
