@@ -56,6 +56,8 @@ class InstanceError(Exception):
         errno: the operating-system error number behind the failure, if any.
         step: the set-up step that failed (``"mount /proc"``), if any.
         detail: extra text, e.g. the tail of the service's stderr.
+        named: the message names the instance itself, in Singularity's words
+            ("instance NAME already exists"): no ``instance 'NAME':`` prefix.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class InstanceError(Exception):
         errno: int | None = None,
         step: str | None = None,
         detail: str | None = None,
+        named: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -77,10 +80,11 @@ class InstanceError(Exception):
         self.errno = errno
         self.step = step
         self.detail = detail
+        self.named = named
 
     def __str__(self) -> str:
         parts = []
-        if self.name is not None and not _names(self.message, self.name):
+        if self.name is not None and not self.named:
             parts.append(f"instance {self.name!r}: ")
         if self.step is not None:
             parts.append(f"{self.step}: ")
@@ -100,12 +104,6 @@ class InstanceError(Exception):
             if value is not None:
                 fields.append(f"{key}={value!r}")
         return f"{type(self).__name__}({', '.join(fields)})"
-
-
-def _names(message: str, name: str) -> bool:
-    """Whether ``message`` already names the instance (Singularity's "instance NAME already
-    exists", "no instance found with name NAME"): then no prefix repeats it."""
-    return f"instance {name} " in message or message.endswith(f"with name {name}")
 
 
 class InvalidArgument(InstanceError, ValueError):

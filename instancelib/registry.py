@@ -55,7 +55,7 @@ class InstanceRegistry(InstanceRecords):
         """
         record = self.running_record(name)
         if record is None:
-            raise NotFound(f"no instance found with name {name}", name=name)
+            raise NotFound(f"no instance found with name {name}", name=name, named=True)
         return Instance._from_record(record, self)
 
     def stop(self, pattern: str = "*", *, signal: int = signal.SIGINT, timeout: float = 10.0,

@@ -57,7 +57,7 @@ def test_the_record_keeps_what_instance_options_shows():
         "run": True, "args": ["x"], "writable_tmpfs": False, "contain": False, "hostname": "h",
         "binds": ["/a:/b:rw"], "fakeroot": True, "limits": {"pids_limit": 3},
         "network": None, "network_args": [], "dns": [], "service": True,
-        "end_with_caller": False}
+        "end_with_caller": False, "cgroup_parent": "instancelib"}
 
 
 def test_network_options_are_recorded():

@@ -48,7 +48,7 @@ def _quick_list(options: list[str], personality: Personality) -> bool:
     root = layout.root_dir(personality.layout)
     name = layout.user_name(uid) if personality.layout != "instancelib" else ""
     parts = layout.subdirs(personality.layout, os.uname().nodename, name)
-    found = quick.running_records(root, parts["instances"], uid, others[0] if others else "*")
+    found = quick.running_records(root, parts, uid, others[0] if others else "*")
     if found is None:
         return False
     logs = os.path.join(root, *parts["logs"])

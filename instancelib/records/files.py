@@ -19,15 +19,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from instancelib.errors import PermissionDenied, RegistryError
-from instancelib.records.record import write_all, writer_id
+from instancelib.linux import procfs
 
-__all__ = ["OwnerFiles", "Subdirs"]
+__all__ = ["OwnerFiles", "Subdirs", "dead_writer", "write_all", "writer_id"]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -238,7 +237,7 @@ class OwnerFiles:
 
     def write_file(self, dir_fd: int, filename: str, data: bytes, *, what: str) -> None:
         """Replace ``filename`` atomically (temporary file + rename); typed errors, no debris."""
-        temporary = f".{filename}.{writer_id()}.{secrets.token_hex(3)}.tmp"
+        temporary = f".{filename}.{writer_id()}.{os.urandom(3).hex()}.tmp"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -257,3 +256,30 @@ class OwnerFiles:
             raise RegistryError(f"cannot write {what}",
                                 path=str(self.instances_dir / filename),
                                 errno=err.errno) from err
+
+
+_writer_id: list[tuple[int, str]] = []
+
+
+def writer_id() -> str:
+    """``PID-STARTTIME`` of this process, in temporary files' names (to tell dead writers)."""
+    pid = os.getpid()
+    if not _writer_id or _writer_id[0][0] != pid:
+        me = procfs.read_stat(pid)
+        _writer_id[:] = [(pid, f"{pid}-{me.starttime if me else 0}")]
+    return _writer_id[0][1]
+
+
+def dead_writer(temporary: str) -> bool:
+    """Whether a temporary file's writer (``.FILE.PID-STARTTIME.RANDOM.tmp``) has ended."""
+    writer = temporary.rsplit(".", 3)[-3] if temporary.count(".") >= 4 else ""
+    pid, _, starttime = writer.partition("-")
+    if not (pid.isdigit() and starttime.isdigit()):
+        return False  # not one of ours: leave it
+    return not procfs.is_alive(int(pid), int(starttime))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

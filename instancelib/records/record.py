@@ -21,6 +21,7 @@ import attrs
 from instancelib.errors import InvalidName
 from instancelib.linux import procfs
 from instancelib.records import layout
+from instancelib.records.files import write_all
 
 __all__ = ["COPY_NAME", "InstanceRecord", "NameLock", "lock_note", "note_lock", "record_copy",
            "validate_name"]
@@ -220,33 +221,6 @@ def record_copy(record: InstanceRecord, env: dict[str, str], registry: tuple[int
         os.close(fd)
         raise
     return fd
-
-
-_writer_id: list[tuple[int, str]] = []
-
-
-def writer_id() -> str:
-    """``PID-STARTTIME`` of this process, in temporary files' names (to tell dead writers)."""
-    pid = os.getpid()
-    if not _writer_id or _writer_id[0][0] != pid:
-        me = procfs.read_stat(pid)
-        _writer_id[:] = [(pid, f"{pid}-{me.starttime if me else 0}")]
-    return _writer_id[0][1]
-
-
-def dead_writer(temporary: str) -> bool:
-    """Whether a temporary file's writer (``.FILE.PID-STARTTIME.RANDOM.tmp``) has ended."""
-    writer = temporary.rsplit(".", 3)[-3] if temporary.count(".") >= 4 else ""
-    pid, _, starttime = writer.partition("-")
-    if not (pid.isdigit() and starttime.isdigit()):
-        return False  # not one of ours: leave it
-    return not procfs.is_alive(int(pid), int(starttime))
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def note_lock(fd: int, state: str, pid: int, starttime: int) -> None:

@@ -46,14 +46,13 @@ from collections.abc import Iterator
 from instancelib.errors import NameConflict, RegistryError
 from instancelib.linux import procfs
 from instancelib.records import recovery
-from instancelib.records.files import OwnerFiles
+from instancelib.records.files import OwnerFiles, dead_writer
 from instancelib.records.record import (
     MAX_COPY,
     NOTE_SIZE,
     RELEASE_WAIT,
     InstanceRecord,
     NameLock,
-    dead_writer,
     lock_note,
     note_lock,
     record_copy,
@@ -222,11 +221,12 @@ class RecordStore(OwnerFiles):
         # Singularity's words first ("instance NAME already exists"): scripts grep for them.
         if existing is not None and existing.state == "running":
             return NameConflict(f"instance {name} already exists (running, PID {existing.pid})",
-                                name=name, pid=existing.pid)
+                                name=name, pid=existing.pid, named=True)
         starter = existing.owner_pid if existing is not None else (
             holder[1] if holder is not None and holder[0] == "starting" else None)
         what = f"being started by process {starter}" if starter else "being started"
-        return NameConflict(f"instance {name} already exists ({what})", name=name, pid=starter)
+        return NameConflict(f"instance {name} already exists ({what})", name=name, pid=starter,
+                            named=True)
 
     def publish(self, record: InstanceRecord, env: dict[str, str],
                 lock: NameLock | None = None) -> None:

@@ -11,7 +11,7 @@ import time
 
 from instancelib.records import quick
 
-PARTS = ("instances", os.uname().nodename)
+PARTS = {"instances": ("instances", os.uname().nodename), "logs": ("logs", os.uname().nodename)}
 
 
 def _full(registry) -> list[tuple[str, int, str, str]]:
