@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from instancelib.binds import Bind as Bind
     from instancelib.build import BuildProgress as BuildProgress
+    from instancelib.build import build_cached as build_cached
     from instancelib.build import build_image as build_image
     from instancelib.cgroups import CgroupInfo as CgroupInfo
     from instancelib.cgroups import Device as Device
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from instancelib.readiness import FileProbe as FileProbe
     from instancelib.readiness import TcpProbe as TcpProbe
     from instancelib.records.record import InstanceRecord as InstanceRecord
+    from instancelib.registry import InstanceList as InstanceList
     from instancelib.registry import InstanceRegistry as InstanceRegistry
 
 # Everything but the errors and the version is imported on first use: a program
@@ -72,6 +74,7 @@ _LAZY = {
     "ImageMetadata": "instancelib.image.inspect",
     "Instance": "instancelib.instance",
     "InstanceProcess": "instancelib.process",
+    "InstanceList": "instancelib.registry",
     "InstanceRecord": "instancelib.records.record",
     "InstanceRegistry": "instancelib.registry",
     "InstanceStatus": "instancelib.instance",
@@ -79,6 +82,7 @@ _LAZY = {
     "PortMap": "instancelib.network.args",
     "Stats": "instancelib.cgroups",
     "TcpProbe": "instancelib.readiness",
+    "build_cached": "instancelib.build",
     "build_image": "instancelib.build",
 }
 
@@ -100,6 +104,7 @@ __all__ = [
     "ImageMetadata",
     "Instance",
     "InstanceError",
+    "InstanceList",
     "InstanceProcess",
     "InstanceRecord",
     "InstanceRegistry",
@@ -119,6 +124,7 @@ __all__ = [
     "Timeout",
     "Unsupported",
     "__version__",
+    "build_cached",
     "build_image",
 ]
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import enum
 import logging
 import os
 import signal as signals
 import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal, NoReturn, overload
 
 import psutil
 
+from instancelib import display
 from instancelib.binds import Bind
 from instancelib.cgroups import control as cgroup_control
 from instancelib.cgroups.limits import Limits
@@ -138,6 +141,7 @@ class Instance(metaclass=_NoPublicConstructor):
         service: bool = True,
         end_with_caller: bool = False,
         cgroup_parent: str = "instancelib",
+        exist_ok: bool = False,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -191,11 +195,18 @@ class Instance(metaclass=_NoPublicConstructor):
                 systemd unit's or a batch job's accounting, limits and stop
                 cover it (on cgroup v2 the caller's processes may move into
                 ``<cgroup>/supervisor``: see ``instancelib.cgroups.caller``).
+            exist_ok: when an instance of that name runs with the same image and
+                options (those ``Instance.options`` shows, and the same ``env``),
+                return it instead of raising ``NameConflict`` (a workflow engine
+                retrying a task); one that differs raises ``NameConflict``
+                naming what differs; one being started by another process is
+                waited for (within ``timeout``).
 
         Raises:
             InvalidName, InvalidArgument: bad name or option.
             ImageError: the image cannot be used.
-            NameConflict: an instance of that name is running or starting.
+            NameConflict: an instance of that name is running or starting (with
+                ``exist_ok``: one with other settings).
             PermissionDenied: ``registry`` is another user's.
             Unsupported: the kernel or the administrator forbids what is needed
                 (unprivileged user namespaces; the message names the setting),
@@ -210,11 +221,12 @@ class Instance(metaclass=_NoPublicConstructor):
             ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
             network_args=network_args, dns=dns, service=service,
             end_with_caller=end_with_caller, cgroup_parent=cgroup_parent)
-        return start_instance(image, name, options, registry=registry, make=cls._started)
+        return start_instance(image, name, options, registry=registry, make=cls._started,
+                              exist_ok=exist_ok)
 
     @classmethod
     def _started(cls, record: InstanceRecord, registry: InstanceRecords,
-                 env: dict[str, str]) -> Instance:
+                 env: dict[str, str] | None) -> Instance:
         instance = cls._from_record(record, registry)
         instance._env = env
         return instance
@@ -368,6 +380,29 @@ class Instance(metaclass=_NoPublicConstructor):
         state = f"running, pid {self.pid}" if self.is_running() else "stopped"
         return f"<Instance {self.name!r} of {self.image.path!r}: {state}>"
 
+    def rows(self) -> list[tuple[str, str]]:
+        """What a notebook shows of the instance (read live), field by field."""
+        running = self.is_running()
+        limits = self._record.options.get("limits") or {}
+        return [
+            ("name", self.name),
+            ("status", ("paused" if self.paused else "running") if running else "stopped"),
+            ("image", self.image.path),
+            ("PID", str(self.pid) if running else "-"),
+            ("IP", self.ip or "host network"),
+            ("uptime", display.duration(time.time() - self._record.started_at)
+             if running else "-"),
+            ("started", display.timestamp(self._record.started_at)),
+            ("limits", ", ".join(f"{key}={value}" for key, value in sorted(limits.items()))
+             or "none"),
+        ]
+
+    def _repr_html_(self) -> str:
+        return display.key_values(f"Instance {self.name}", self.rows())
+
+    def _repr_pretty_(self, printer: display.Printer, cycle: bool) -> None:
+        display.pretty_key_values(printer, cycle, f"Instance {self.name}", self.rows())
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Instance):
             return NotImplemented
@@ -382,6 +417,16 @@ class Instance(metaclass=_NoPublicConstructor):
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    async def __aenter__(self) -> Instance:
+        """``async with Instance.start(...)`` works too (the start itself ran before;
+        ``instancelib.aio.AsyncInstance`` starts without blocking the loop)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        import asyncio  # noqa: PLC0415 (only an event loop's caller pays for it)
+
+        await asyncio.to_thread(self.stop)
 
     # -- running commands -------------------------------------------------------------------
 
@@ -448,6 +493,9 @@ class Instance(metaclass=_NoPublicConstructor):
             NotFound: the instance is not running.
             ExecError: the command cannot be started.
             Timeout: the command ran longer than ``timeout`` (it has been killed).
+
+        Interrupted by any exception (``KeyboardInterrupt`` included), the
+        command is killed and reaped before the exception propagates.
         """
         timeout = optional_seconds(timeout, "timeout")
         process = self.popen(argv, stdin=subprocess.PIPE if input is not None else
@@ -455,9 +503,12 @@ class Instance(metaclass=_NoPublicConstructor):
                              env=env, cwd=cwd)
         try:
             out, err = process.communicate(input, timeout)
-        except Timeout:
+        except BaseException:
+            # Timed out, interrupted (Ctrl-C in a cell), cancelled: as subprocess.run,
+            # the command is killed and reaped before the exception goes on.
             process.kill()
-            process.communicate()
+            with contextlib.suppress(OSError):
+                process.communicate()
             raise
         if text:
             out, err = out.decode(errors="replace"), err.decode(errors="replace")
@@ -574,16 +625,21 @@ class Instance(metaclass=_NoPublicConstructor):
     # -- logs -------------------------------------------------------------------------------
 
     def logs(self, *, stderr: bool = False, follow: bool = False,
-             tail: int | None = None) -> Iterator[str]:
+             tail: int | None = None, all: bool = False) -> Iterator[str]:
         """The service's output, line by line (without line ends).
+
+        The log files of a name are appended to by every instance that has had
+        the name (as Singularity's are); this reads from this instance's own
+        first line.
 
         Args:
             stderr: read the error log instead of the output log.
             follow: keep reading new lines until the instance ends.
             tail: start with only the last ``tail`` lines.
+            all: read the whole file, earlier instances' lines too.
 
         Raises:
             RegistryError: the log file is a link, not a regular file, or not the
                 instance owner's (nothing is read from it).
         """
-        return read_lines(self, stderr=stderr, follow=follow, tail=tail)
+        return read_lines(self, stderr=stderr, follow=follow, tail=tail, everything=all)

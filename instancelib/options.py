@@ -7,7 +7,9 @@ start option is spelled, converted and validated in one place.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -144,12 +146,19 @@ class StartOptions:
         return {"run": self.run, "args": list(self.args), "writable_tmpfs": self.writable_tmpfs,
                 "contain": self.contain, "hostname": self.hostname,
                 "binds": [str(b) for b in self.binds], "fakeroot": self.fakeroot,
+                "cleanenv": self.cleanenv, "env_digest": self.env_digest(),
                 "limits": self.limits.to_dict() if self.limits else {},
                 "network": list(self.network) if self.network is not None else None,
                 "network_args": [str(a) if isinstance(a, str) else f"portmap={a}"
                                  for a in self.network_args],
                 "dns": list(self.dns), "service": self.service,
                 "end_with_caller": self.end_with_caller, "cgroup_parent": self.cgroup_parent}
+
+    def env_digest(self) -> str:
+        """A digest of ``env`` (the record keeps no values: they may be secrets), to tell
+        whether two starts asked for the same variables."""
+        text = json.dumps(sorted(self.env.items()), separators=(",", ":"))
+        return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
     def arguments(self) -> dict[str, Any]:
         """The options as ``Instance.start`` keyword arguments."""

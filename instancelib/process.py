@@ -62,7 +62,9 @@ class ExecResult:
 class InstanceProcess:
     """A command running inside an instance, with a ``subprocess.Popen``-like API.
 
-    Obtained from ``Instance.popen``; not constructed directly.
+    Obtained from ``Instance.popen``; not constructed directly.  As a context
+    manager it waits for the command at the end of the block, and kills it
+    first when the block raised (``KeyboardInterrupt`` included).
 
     Attributes:
         args: the command line.
@@ -225,7 +227,11 @@ class InstanceProcess:
     def __enter__(self) -> InstanceProcess:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None:
+            # The block raised (Ctrl-C, an error, a cancelled task): the command must
+            # not outlive it, as subprocess.run's does not.
+            self.kill()
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):

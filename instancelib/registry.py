@@ -10,14 +10,44 @@ from __future__ import annotations
 import builtins
 import os
 import signal
+import time
 
-from instancelib import stopping
+from instancelib import display, stopping
 from instancelib.errors import NotFound
 from instancelib.instance import Instance
 from instancelib.records.directory import InstanceRecords, default_root
 from instancelib.records.record import InstanceRecord, validate_name
 
-__all__ = ["InstanceRecord", "InstanceRegistry", "default_root", "validate_name"]
+__all__ = ["InstanceList", "InstanceRecord", "InstanceRegistry", "default_root", "validate_name"]
+
+_COLUMNS = ("NAME", "PID", "STATUS", "IMAGE", "IP", "UPTIME")
+
+
+class InstanceList(builtins.list[Instance]):
+    """A list of instances (what ``InstanceRegistry.list`` returns) that a notebook shows
+    as a table: name, PID, status, image, IP, uptime."""
+
+    title = "Instances"
+
+    def rows(self) -> builtins.list[builtins.list[str]]:
+        """The table's rows, read live."""
+        now = time.time()
+        found = []
+        for instance in self:
+            running = instance.is_running()
+            found.append([
+                instance.name, str(instance.pid) if running else "-",
+                ("paused" if instance.paused else "running") if running else "stopped",
+                instance.image.path, instance.ip or "host",
+                display.duration(now - instance.started_at.timestamp()) if running else "-"])
+        return found
+
+    def _repr_html_(self) -> str:
+        return display.table(f"{self.title} ({len(self)})", _COLUMNS, self.rows())
+
+    def _repr_pretty_(self, printer: display.Printer, cycle: bool) -> None:
+        display.pretty_table(printer, cycle, f"{self.title} ({len(self)})", _COLUMNS,
+                             self.rows())
 
 
 class InstanceRegistry(InstanceRecords):
@@ -42,9 +72,21 @@ class InstanceRegistry(InstanceRecords):
                  user: str | int | None = None, layout: str = "instancelib") -> None:
         super().__init__(root, user=user, on_ended=stopping.release_ended, layout=layout)
 
-    def list(self, pattern: str = "*") -> builtins.list[Instance]:
-        """Running instances whose names match the glob ``pattern``, sorted by name."""
-        return [Instance._from_record(record, self) for record in self.records(pattern)]
+    def list(self, pattern: str = "*") -> InstanceList:
+        """Running instances whose names match the glob ``pattern``, sorted by name
+        (a list; a notebook shows it as a table)."""
+        return InstanceList(Instance._from_record(record, self)
+                            for record in self.records(pattern))
+
+    def _repr_html_(self) -> str:
+        listed = self.list()
+        listed.title = f"Instances in {self.root}"
+        return listed._repr_html_()
+
+    def _repr_pretty_(self, printer: display.Printer, cycle: bool) -> None:
+        listed = self.list()
+        listed.title = f"Instances in {self.root}"
+        listed._repr_pretty_(printer, cycle)
 
     def get(self, name: str) -> Instance:
         """The running instance called ``name``.

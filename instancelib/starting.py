@@ -17,6 +17,7 @@ start leaves nothing behind):
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import selectors
@@ -33,6 +34,7 @@ from instancelib.cgroups.tree import CgroupInfo
 from instancelib.errors import (
     InstanceError,
     InvalidArgument,
+    NameConflict,
     PermissionDenied,
     StartError,
     StartTimeout,
@@ -57,16 +59,29 @@ from instancelib.verbosity import VERBOSE
 if TYPE_CHECKING:
     from instancelib.instance import Instance
 
-__all__ = ["Launch", "start_instance"]
+__all__ = ["ABANDON", "Launch", "start_instance"]
 
 log = logging.getLogger("instancelib")
 
-MakeInstance = Callable[[InstanceRecord, InstanceRecords, dict[str, str]], "Instance"]
+# Builds the Instance of a record (``env``: the start's environment; None: load it when needed).
+MakeInstance = Callable[[InstanceRecord, InstanceRecords, "dict[str, str] | None"], "Instance"]
+_HELD_POLL = 0.02  # exist_ok: how often a name another process is starting is looked at
+
+# Set (to an Event) by a caller that may give up on a start from another thread: the
+# async face, when its task is cancelled.  The readiness wait looks at it and ends the
+# start (undone, as any failed start) instead of waiting out its timeout.
+ABANDON: contextvars.ContextVar[Any] = contextvars.ContextVar("instancelib_abandon",
+                                                              default=None)
 
 
 def start_instance(image: Image | str | os.PathLike[str], name: str, options: StartOptions, *,
-                   registry: InstanceRecords | None, make: MakeInstance) -> Instance:
-    """Start ``image`` as ``name`` (see ``Instance.start``); ``make`` builds the Instance."""
+                   registry: InstanceRecords | None, make: MakeInstance,
+                   exist_ok: bool = False) -> Instance:
+    """Start ``image`` as ``name`` (see ``Instance.start``); ``make`` builds the Instance.
+
+    ``exist_ok``: a running instance of that name with the same image and
+    options is returned instead (one being started elsewhere is waited for).
+    """
     deadline = time.monotonic() + options.timeout
     if not isinstance(image, Image):
         image = Image(image)
@@ -74,6 +89,51 @@ def start_instance(image: Image | str | os.PathLike[str], name: str, options: St
     if registry.owner_uid != os.geteuid():
         raise PermissionDenied("instances are started in your own registry, not in UID "
                                f"{registry.owner_uid}'s", name=name)
+    while True:
+        if exist_ok:
+            existing = _same_running(registry, image, name, options, make)
+            if existing is not None:
+                return existing
+        try:
+            return _start_checked(image, name, options, registry=registry, make=make,
+                                  deadline=deadline)
+        except NameConflict as err:
+            # Another process took the name meanwhile: the same instance, or one to wait for.
+            if not exist_ok or not registry.name_held(name) or time.monotonic() > deadline:
+                raise
+            if registry.running_record(name) is None:
+                time.sleep(_HELD_POLL)
+            log.debug("instance %r: %s; looking again", name, err.message)
+
+
+def _same_running(registry: InstanceRecords, image: Image, name: str, options: StartOptions,
+                  make: MakeInstance) -> Instance | None:
+    """The running instance ``name`` if it has this image and these options (else
+    ``NameConflict`` saying what differs); None when none runs."""
+    record = registry.running_record(name)
+    if record is None:
+        return None
+    wanted = {"image": image.path, **options.to_record()}
+    found = {"image": record.image, **record.options}
+    differs = [key for key in wanted if wanted[key] != found.get(key)]
+    if differs:
+        what = "; ".join(f"{key}: {found.get(key)!r} running, {wanted[key]!r} asked"
+                         for key in differs)
+        raise NameConflict(f"instance {name} already exists with other settings ({what})",
+                           name=name, pid=record.pid, named=True)
+    instance = make(record, registry, None)
+    if options.pid_file is not None:
+        target = PidFile(options.pid_file, name)
+        try:
+            target.write(record.pid)
+        finally:
+            target.close()
+    return instance
+
+
+def _start_checked(image: Image, name: str, options: StartOptions, *,
+                   registry: InstanceRecords, make: MakeInstance, deadline: float) -> Instance:
+    """A start whose image and registry are checked."""
     plan = build_launch_plan(image, name, options)
     if plan.note:
         log.warning("instance %r: %s", name, plan.note)
@@ -125,7 +185,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         on_failure.callback(os.close, out_fd)
         err_fd = open_for_append(registry, name, "err")
         on_failure.callback(os.close, err_fd)
-        err_offset = os.fstat(err_fd).st_size
+        out_offset, err_offset = os.fstat(out_fd).st_size, os.fstat(err_fd).st_size
         wire_plan = plan.to_wire()
         wire_plan["cgroup_bases"] = cgroup_plan.bases() if cgroup_plan else []
         wire_plan["cgroup_wait"] = cgroup_plan is not None
@@ -194,6 +254,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
             ip=str(attachments[0].address) if attachments else "",
             interfaces=[_interface_record(a, ports, forwarder) for a in attachments]
             + ([network_attach.user_mode_record(user_mode, forwarder)] if user_mode else []),
+            log_offsets={"out": out_offset, "err": err_offset},
         )
         written.append(record)
         registry.publish(record, launch.env, name_lock)
@@ -370,12 +431,16 @@ class Launch:
     def wait_until_ready(self, instance: Instance, probe: Probe, deadline: float,
                          err_path: Path, err_offset: int) -> None:
         delay = 0.002
+        abandon = ABANDON.get()
         with selectors.DefaultSelector() as selector:
             selector.register(self.channel, selectors.EVENT_READ)
             while True:
                 remaining = deadline - time.monotonic()
                 if probe.check(instance, max(remaining, 0.0)):
                     return
+                if abandon is not None and abandon.is_set():
+                    raise StartError("the start was cancelled before the service was ready",
+                                     name=instance.name)
                 if not instance.is_running():
                     raise StartError("the instance ended before it was ready", name=instance.name,
                                      detail=tail_since(err_path, err_offset))

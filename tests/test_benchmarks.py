@@ -37,3 +37,12 @@ def test_the_network_benchmark_runs_and_leaves_nothing_behind():
     assert host_mounts() == mounts             # podman's network mounts /run/netns
     assert routing_state() == routing
     assert set(Path("/run").iterdir()) == run_entries   # nor /run/netns, /run/containers
+
+
+def test_the_async_benchmark_runs_and_prints_its_tables():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "aio.py"), "-n", "2",
+                             "--count", "3"], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| 3 starts at once |" in result.stdout
+    assert "| overhead of the async face (medians) |" in result.stdout

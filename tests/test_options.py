@@ -55,7 +55,8 @@ def test_the_record_keeps_what_instance_options_shows():
                            limits=Limits(pids_limit=3), env={"SECRET": "not recorded"})
     assert options.to_record() == {
         "run": True, "args": ["x"], "writable_tmpfs": False, "contain": False, "hostname": "h",
-        "binds": ["/a:/b:rw"], "fakeroot": True, "limits": {"pids_limit": 3},
+        "binds": ["/a:/b:rw"], "fakeroot": True, "cleanenv": False,
+        "env_digest": options.env_digest(), "limits": {"pids_limit": 3},
         "network": None, "network_args": [], "dns": [], "service": True,
         "end_with_caller": False, "cgroup_parent": "instancelib"}
 

@@ -48,6 +48,46 @@ def test_exec_timeout_kills_the_command(image, start):
     assert len(instance_pids(instance)) == 1
 
 
+@pytest.fixture
+def interrupt_in():
+    """Raise KeyboardInterrupt in the main thread after some seconds (Ctrl-C in a cell)."""
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        yield lambda seconds: signal.setitimer(signal.ITIMER_REAL, seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("how", ["exec", "run"])
+def test_an_interrupted_exec_kills_and_reaps_its_command(make_image, start, interrupt_in, how):
+    instance = start(make_image(runscript="#!/bin/sh\nexec sleep 30\n"))
+    interrupt_in(0.3)
+    with pytest.raises(KeyboardInterrupt):
+        if how == "exec":
+            instance.exec(["sleep", "30"])
+        else:
+            instance.run()
+    assert len(instance_pids(instance)) == 1  # PID 1 alone: sleep was killed and reaped
+
+
+def test_a_popen_block_that_raises_kills_its_command(image, start):
+    instance = start(image)
+    with pytest.raises(RuntimeError), instance.popen(["sleep", "30"]) as process:
+        raise RuntimeError("the caller's code failed")
+    assert process.returncode == -signal.SIGKILL
+    assert len(instance_pids(instance)) == 1
+
+
+def test_a_popen_block_that_ends_waits_for_its_command(image, start):
+    with start(image).popen(["sh", "-c", "sleep 0.2; exit 3"]) as process:
+        pass
+    assert process.returncode == 3
+
+
 def test_exec_on_a_stopped_instance_is_not_found(image, start):
     instance = start(image)
     instance.stop()

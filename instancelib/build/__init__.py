@@ -6,7 +6,9 @@ layer below knows nothing of it.  See ``builder`` for the sequence of steps.
 """
 
 from instancelib.build.builder import build_image
+from instancelib.build.cached import build_cached, default_cache_dir
 from instancelib.build.fakeroot import remove_build_tree
 from instancelib.build.progress import BuildProgress
 
-__all__ = ["BuildProgress", "build_image", "remove_build_tree"]
+__all__ = ["BuildProgress", "build_cached", "build_image", "default_cache_dir",
+           "remove_build_tree"]

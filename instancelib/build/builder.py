@@ -37,7 +37,7 @@ from typing import Any
 from instancelib.build.bootstrap import bootstrap_root, convert_image, registry_source
 from instancelib.build.fakeroot import remove_build_tree
 from instancelib.build.layout import copy_files, ensure_layout, write_layout
-from instancelib.build.progress import BuildProgress, ProgressCallback
+from instancelib.build.progress import BuildProgress, ProgressCallback, default_progress
 from instancelib.build.sections import run_in_instance, run_on_host
 from instancelib.build.sif_output import write_sif_image
 from instancelib.errors import ImageError, InstanceError, PermissionDenied
@@ -70,7 +70,9 @@ def build_image(
         notest: skip ``%test``.
         force: replace an existing ``target``.
         progress: called with a ``BuildProgress`` for each step and for
-            each line ``%setup``/``%post``/``%test`` print.
+            each line ``%setup``/``%post``/``%test`` print.  Without one, a
+            build in a Jupyter notebook shows a progress bar
+            (``build.progress.NotebookBar``); elsewhere it is silent.
 
     Raises:
         DefinitionError: a malformed definition, or a build argument without a value.
@@ -82,6 +84,30 @@ def build_image(
 
     A failed build leaves neither a partial target nor a mount behind.
     """
+    bar = default_progress() if progress is None else None
+    try:
+        image = _build(source, target, sandbox=sandbox, build_args=build_args, notest=notest,
+                       force=force, progress=progress or bar)
+    except BaseException:
+        if bar is not None:
+            bar.finish(failed=True)
+        raise
+    if bar is not None:
+        bar.finish(failed=False)
+    return image
+
+
+def _build(
+    source: Definition | Sequence[Definition] | Image | str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    *,
+    sandbox: bool = False,
+    build_args: Mapping[str, str] | None = None,
+    notest: bool = False,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> Image:
+    """``build_image`` with its progress reporter chosen."""
     report = progress or (lambda _event: None)
     target_path = Path(os.path.abspath(os.fspath(target)))
     stages = _stages(source, build_args)

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import psutil
 
+from instancelib import display
 from instancelib.cgroups import v1
 from instancelib.cgroups.tree import CgroupInfo
 
@@ -63,6 +64,26 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         """The reading as JSON-ready values."""
         return attrs.asdict(self)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The reading in human units (``3.3 MiB``, ``2.1 %``), field by field."""
+        return [
+            ("CPU", display.percent(self.cpu_percent)),
+            ("CPU time", display.duration(self.cpu_seconds)),
+            ("memory", f"{display.size(self.memory_usage)} / {display.size(self.memory_limit)}"
+                       f" ({display.percent(self.memory_percent)})"),
+            ("block I/O", f"{display.size(self.block_read)} read / "
+                          f"{display.size(self.block_write)} written"),
+            ("PIDs", str(self.pids)),
+            ("source", self.source),
+            ("read at", display.timestamp(self.timestamp)),
+        ]
+
+    def _repr_html_(self) -> str:
+        return display.key_values(f"Stats of {self.name}", self.rows())
+
+    def _repr_pretty_(self, printer: display.Printer, cycle: bool) -> None:
+        display.pretty_key_values(printer, cycle, f"Stats of {self.name}", self.rows())
 
 
 def _host_memory() -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from instancelib import display
 from instancelib.errors import ImageError, Unsupported
 from instancelib.image import sif
 from instancelib.linux import pathwalk
@@ -99,6 +100,26 @@ class ImageMetadata:
             "deffile": self.deffile, "startscript": self.startscript,
         })
         return {"data": {"attributes": attributes}, "type": "container"}
+
+    def rows(self) -> list[tuple[str, str]]:
+        """What a notebook shows: the labels, the scripts, the environment, the apps."""
+        found = [("labels", "\n".join(f"{k}: {v}" for k, v in sorted(self.labels.items()))
+                  or "none")]
+        for title, text in (("runscript", self.runscript), ("startscript", self.startscript),
+                            ("test", self.test), ("help", self.helpfile)):
+            if text:
+                found.append((title, text.rstrip()))
+        if self.environment:
+            found.append(("environment", "\n".join(sorted(self.environment))))
+        if self.apps:
+            found.append(("apps", ", ".join(sorted(self.apps))))
+        return found
+
+    def _repr_html_(self) -> str:
+        return display.key_values("Image metadata", self.rows())
+
+    def _repr_pretty_(self, printer: display.Printer, cycle: bool) -> None:
+        display.pretty_key_values(printer, cycle, "Image metadata", self.rows())
 
     @classmethod
     def from_dict(cls, data: Any) -> ImageMetadata:

@@ -153,6 +153,12 @@ class InstanceRecords:
                 record = next((r for r in recovery.lost_locks(self.store, dir_fd, {name})), None)
         return record if record is not None and record.state == "running" else None
 
+    def name_held(self, name: str) -> bool:
+        """Whether ``name`` is taken (a running instance, or a start in progress)."""
+        validate_name(name)
+        with self.store.opened() as dir_fd:
+            return dir_fd is not None and self.store.held(dir_fd, name)
+
     def recover_records(self) -> builtins.list[InstanceRecord]:
         """Records re-published for running instances whose record and lock were deleted."""
         return recovery.recover_all(self.store)

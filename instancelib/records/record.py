@@ -85,6 +85,9 @@ class InstanceRecord:
     cgroup: dict[str, Any] | None = None
     netns: str | None = None
     interfaces: list[dict[str, Any]] = attrs.field(factory=list)
+    # Where this instance's lines begin in its name's logs (the files append across
+    # instances of one name, as Singularity's do): {"out": bytes, "err": bytes}.
+    log_offsets: dict[str, int] = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         # One check for all fields (not one validator each): records are
@@ -134,6 +137,7 @@ class InstanceRecord:
             "cgroup": self.cgroup,
             "netns": self.netns,
             "interfaces": self.interfaces,
+            "logOffsets": self.log_offsets,
         }
 
     @classmethod
@@ -155,6 +159,7 @@ class InstanceRecord:
                 options=dict(data["options"]), namespaces=_int(data["namespaces"]),
                 loop=data["loop"], cgroup=_optional_dict(data["cgroup"]),
                 netns=data["netns"], interfaces=_interfaces(data.get("interfaces")),
+                log_offsets=_offsets(data.get("logOffsets")),
             )
         except (KeyError, TypeError, InvalidName) as err:
             raise ValueError(f"malformed record: {err}") from err
@@ -166,6 +171,16 @@ def _interfaces(value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise TypeError("interfaces must be a list of objects")
     return [dict(item) for item in value]
+
+
+def _offsets(value: object) -> dict[str, int]:
+    if value is None:
+        return {}  # a record written before offsets were kept: the logs from their start
+    if not isinstance(value, dict) or not all(
+            key in ("out", "err") and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+            for key, n in value.items()):
+        raise TypeError("logOffsets must map out/err to byte offsets")
+    return {str(key): int(n) for key, n in value.items()}
 
 
 def _optional_dict(value: object) -> dict[str, Any] | None:

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""The async face: how long the event loop is held while instances start, and its cost per call.
+
+Prints two tables:
+
+- the loop's lag while ``--count`` (20) ``AsyncInstance.start`` run at once, then their
+  stops: a ticker asks for a 1 ms sleep again and again, and the lag is how late each
+  wake-up came (max, 99th percentile, median), beside the same ticker on an idle loop;
+- min / median / max over ``-n`` calls of ``exec(["true"])`` and ``stats()``, sync and
+  awaited, and the difference of the medians (the async face's overhead per call).
+
+Run as root or as an ordinary user:
+    python3 benchmarks/aio.py [-n 50] [--count 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from instancelib import Image, Instance, InstanceRegistry
+from instancelib.aio import AsyncInstance
+from instancelib.build.busybox import make_busybox_rootfs
+
+
+async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
+    while not stop.is_set():
+        asked = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append((time.perf_counter() - asked - 0.001) * 1000)
+
+
+async def lag_during(work: Callable[[], Awaitable[Any]]) -> tuple[list[float], Any]:
+    stop = asyncio.Event()
+    lags: list[float] = []
+    tick = asyncio.ensure_future(ticker(stop, lags))
+    await asyncio.sleep(0.01)
+    try:
+        result = await work()
+    finally:
+        stop.set()
+        await tick
+    return lags, result
+
+
+def summary(lags: list[float]) -> str:
+    ordered = sorted(lags)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return f"{max(ordered):.2f} | {p99:.2f} | {statistics.median(ordered):.2f} | {len(ordered)}"
+
+
+async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> list[str]:
+    idle, _ = await lag_during(lambda: asyncio.sleep(0.5))
+    started: list[AsyncInstance] = []
+
+    async def starts() -> None:
+        started.extend(await asyncio.gather(*(
+            AsyncInstance.start(image, f"lag{i}", registry=registry) for i in range(count))))
+
+    during_starts, _ = await lag_during(starts)
+    during_stops, _ = await lag_during(
+        lambda: asyncio.gather(*(instance.stop() for instance in started)))
+    return [f"| idle loop (0.5 s) | {summary(idle)} |",
+            f"| {count} starts at once | {summary(during_starts)} |",
+            f"| their {count} stops at once | {summary(during_stops)} |"]
+
+
+def timed_sync(action: Callable[[], object], rounds: int) -> list[float]:
+    values = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        action()
+        values.append((time.perf_counter() - begin) * 1000)
+    return values
+
+
+async def timed_async(action: Callable[[], Awaitable[object]], rounds: int) -> list[float]:
+    values = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        await action()
+        values.append((time.perf_counter() - begin) * 1000)
+    return values
+
+
+def row(label: str, values: list[float]) -> str:
+    return (f"| {label} | {min(values):.2f} | {statistics.median(values):.2f} | "
+            f"{max(values):.2f} |")
+
+
+async def overhead_table(instance: Instance, rounds: int) -> list[str]:
+    face = AsyncInstance(instance)
+    rows = []
+    for label, sync_call, async_call in (
+        ('exec(["true"])', lambda: instance.exec(["true"]), lambda: face.exec(["true"])),
+        ("stats()", instance.stats, face.stats),
+    ):
+        timed_sync(sync_call, 3)
+        await timed_async(async_call, 3)
+        sync_values = timed_sync(sync_call, rounds)
+        async_values = await timed_async(async_call, rounds)
+        rows += [row(f"`{label}` sync", sync_values), row(f"`await {label}`", async_values),
+                 f"| overhead of the async face (medians) | | "
+                 f"{statistics.median(async_values) - statistics.median(sync_values):+.2f} | |"]
+    return rows
+
+
+async def amain(rounds: int, count: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="instancelib-bench-aio-") as tmp:
+        image = Image(make_busybox_rootfs(Path(tmp) / "image"))
+        registry = InstanceRegistry(Path(tmp) / "registry")
+        try:
+            Instance.start(image, "warm", registry=registry).stop()  # the fork-server
+            lags = await lag_table(image, registry, count)
+            instance = Instance.start(image, "calls", registry=registry)
+            calls = await overhead_table(instance, rounds)
+            instance.stop()
+        finally:
+            registry.stop(force=True)
+    print("| event-loop lag, ms (1 ms ticker) | max | p99 | median | ticks |")
+    print("|---|---:|---:|---:|---:|")
+    print("\n".join(lags))
+    print()
+    print(f"| ms ({rounds} calls after 3 warm-ups) | min | median | max |")
+    print("|---|---:|---:|---:|")
+    print("\n".join(calls))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("-n", type=int, default=50, help="calls per row (default 50)")
+    parser.add_argument("--count", type=int, default=20, help="starts at once (default 20)")
+    args = parser.parse_args()
+    return asyncio.run(amain(args.n, args.count))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

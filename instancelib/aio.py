@@ -1,0 +1,444 @@
+"""The async face: ``AsyncInstance`` and ``AsyncInstanceRegistry``, over the same core.
+
+As httpx has ``Client`` and ``AsyncClient``, instancelib has ``Instance`` and
+``AsyncInstance``: the same methods, awaited.  Nothing is re-implemented:
+a call that must block (a start, a stop, a stats reading) runs the sync core
+in a worker thread; what waits on the kernel is awaited on the event loop
+itself (the end of PID 1 through its pidfd, a command's pipes and status,
+a followed log), so no call holds the loop.  Cancelling a call undoes what
+it began: a cancelled ``start`` stops the instance it was starting, a
+cancelled ``exec`` kills its command and reaps it.
+
+    from instancelib.aio import AsyncInstance
+
+    async with AsyncInstance.start(image, "web") as web:
+        result = await web.exec(["cat", "/etc/os-release"])
+        async for line in web.logs(follow=True):
+            ...
+
+``await AsyncInstance.start(...)`` gives the instance without the ``with``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import contextlib
+import contextvars
+import os
+import queue
+import signal as signals
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from instancelib.cgroups import Stats
+from instancelib.errors import NotFound, Timeout
+from instancelib.foreground import Image
+from instancelib.image import Image as BaseImage
+from instancelib.instance import Instance
+from instancelib.logs import FOLLOW_POLL, LogReader, check_tail
+from instancelib.process import ExecResult, InstanceProcess
+from instancelib.registry import InstanceRegistry
+from instancelib.starting import ABANDON
+
+__all__ = ["AsyncInstance", "AsyncInstanceRegistry"]
+
+T = TypeVar("T")
+
+
+class _Workers(concurrent.futures.Executor):
+    """Threads for the core's blocking calls, started by a thread of their own.
+
+    ``asyncio.to_thread`` starts pool threads on the event loop's thread, and
+    ``Thread.start`` waits until the new thread runs: milliseconds of the loop's
+    time when other threads are busy.  Here the loop's thread only queues a call
+    (and, when no worker is free, asks the starter thread for one more, up to
+    ``most``); the starter itself is started once per process.
+    """
+
+    def __init__(self, most: int = 16) -> None:
+        self._most = most
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._wanted = threading.Semaphore(0)
+        self._threads = 0
+        self._free = 0  # workers waiting for a job, less the jobs queued for them
+        self._starter: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., T], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+            elif self._threads < self._most:
+                self._threads += 1
+                self._wanted.release()
+            if self._starter is None:
+                self._starter = threading.Thread(target=self._start_workers,
+                                                 name="instancelib-aio-starter", daemon=True)
+                self._starter.start()
+        self._jobs.put((future, fn, args, kwargs))
+        return future
+
+    def _start_workers(self) -> None:
+        number = 0
+        while True:
+            self._wanted.acquire()
+            number += 1
+            threading.Thread(target=self._work, name=f"instancelib-aio-{number}",
+                             daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args, kwargs = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as err:  # handed to the awaiting task
+                    future.set_exception(err)
+            with self._lock:
+                self._free += 1
+
+
+_WORKERS = _Workers()
+
+
+def _offload(function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+    """A core call on a worker thread (with the caller's context variables), as a future."""
+    context = contextvars.copy_context()
+    return asyncio.wrap_future(_WORKERS.submit(context.run, function, *args, **kwargs))
+
+
+async def _thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking core call in a worker thread; a cancellation waits for it to end
+    (the call itself cannot be interrupted) and then goes on."""
+    task = _offload(function, *args, **kwargs)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(task)
+        raise
+
+
+class _Starting:
+    """What ``AsyncInstance.start`` returns: awaitable, and an async context manager."""
+
+    def __init__(self, image: Image | str | os.PathLike[str], name: str,
+                 options: dict[str, Any]) -> None:
+        self._image, self._name, self._options = image, name, options
+        self._started: AsyncInstance | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncInstance]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> AsyncInstance:
+        self._started = await self._start()
+        return self._started
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._started is not None:
+            await self._started.stop()
+
+    async def _start(self) -> AsyncInstance:
+        abandon = threading.Event()
+        token = ABANDON.set(abandon)  # the worker thread gets a copy of this context
+        try:
+            task = _offload(Instance.start, self._image, self._name, **self._options)
+        finally:
+            ABANDON.reset(token)
+        try:
+            return AsyncInstance(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            # The start goes on in its thread: told to give up (a readiness wait ends at
+            # once), and once it is done whatever it made is stopped: a cancelled start
+            # leaves nothing.
+            abandon.set()
+            await asyncio.shield(_undo(task))
+            raise
+
+
+async def _undo(task: asyncio.Future[Instance]) -> None:
+    try:
+        instance = await task
+    except Exception:  # the start failed by itself: its own clean-up ran
+        return
+    await _offload(instance.stop, force=True)
+
+
+class AsyncInstance:
+    """An instance, awaited (see the module doc); ``sync`` is the ``Instance`` behind it.
+
+    Its attributes read as ``Instance``'s do; its calls are coroutines with the
+    same arguments, results and errors.
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self.sync = instance
+
+    @classmethod
+    def start(cls, image: Image | str | os.PathLike[str], name: str,
+              **options: Any) -> _Starting:
+        """Start ``image`` as ``name`` (``Instance.start``'s options): ``await`` it, or use
+        it in ``async with`` (the instance is stopped at the end of the block)."""
+        return _Starting(image, name, options)
+
+    # -- what Instance has as attributes ------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.sync.name
+
+    @property
+    def pid(self) -> int:
+        return self.sync.pid
+
+    @property
+    def ip(self) -> str:
+        return self.sync.ip
+
+    @property
+    def image(self) -> BaseImage:
+        return self.sync.image
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.sync.options
+
+    def is_running(self) -> bool:
+        """Whether PID 1 is still up (a look at ``/proc``: it does not block)."""
+        return self.sync.is_running()
+
+    def __repr__(self) -> str:
+        return f"<Async{repr(self.sync)[1:]}"
+
+    def _repr_html_(self) -> str:
+        return self.sync._repr_html_()
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        self.sync._repr_pretty_(printer, cycle)
+
+    async def __aenter__(self) -> AsyncInstance:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- calls --------------------------------------------------------------------------------
+
+    async def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                   cwd: str | None = None, input: bytes | str | None = None,
+                   timeout: float | None = None, text: bool = True) -> ExecResult:
+        """``Instance.exec``, its pipes and its end awaited on the loop; cancelled or timed
+        out, the command is killed and reaped."""
+        process = await _thread(
+            self.sync.popen, argv, env=env, cwd=cwd,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(_communicate(process, input), timeout)
+        except TimeoutError:
+            raise Timeout(f"command {process.args[0]!r} still running after {timeout:g} s "
+                          "(killed)", name=self.name, pid=process.pid) from None
+        if text:
+            return ExecResult(_code(process), out.decode(errors="replace"),
+                              err.decode(errors="replace"))
+        return ExecResult(_code(process), out, err)
+
+    async def run(self, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
+                  input: bytes | str | None = None, timeout: float | None = None,
+                  text: bool = True) -> ExecResult:
+        """``Instance.run``: the image's runscript, awaited as ``exec``."""
+        return await self.exec(self.sync.run_command(args), env=env, input=input,
+                               timeout=timeout, text=text)
+
+    async def stop(self, **options: Any) -> None:
+        """``Instance.stop`` (same options), in a worker thread."""
+        await _thread(self.sync.stop, **options)
+
+    async def kill(self, signal: int = signals.SIGKILL) -> None:
+        """``Instance.kill``."""
+        self.sync.kill(signal)
+
+    async def pause(self) -> None:
+        await _thread(self.sync.pause)
+
+    async def resume(self) -> None:
+        await _thread(self.sync.resume)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until the instance ends (its PID 1's pidfd, watched by the loop).
+
+        Raises:
+            Timeout: still running after ``timeout`` seconds.
+        """
+        try:
+            pidfd = self.sync._pidfd()
+        except NotFound:
+            self.sync._forget()
+            return
+        try:
+            await asyncio.wait_for(_readable(pidfd), timeout)
+        except TimeoutError:
+            raise Timeout(f"still running after {timeout:g} s", name=self.name,
+                          pid=self.pid) from None
+        finally:
+            os.close(pidfd)
+        await _thread(self.sync._forget)
+
+    async def stats(self) -> Stats:
+        """One reading (``Instance.stats()``)."""
+        return await _thread(self.sync.stats)
+
+    async def stream_stats(self, interval: float = 1.0) -> AsyncIterator[Stats]:
+        """A reading every ``interval`` seconds until the instance ends."""
+        while True:
+            try:
+                yield await _thread(self.sync.stats)
+            except NotFound:
+                return
+            try:
+                await self.wait(interval)
+                return
+            except Timeout:
+                continue
+
+    async def logs(self, *, stderr: bool = False, follow: bool = False,
+                   tail: int | None = None, all: bool = False) -> AsyncIterator[str]:
+        """``Instance.logs``'s lines; with ``follow``, new ones until the instance ends
+        (or the caller stops iterating)."""
+        check_tail(tail)
+        reader = await _thread(LogReader, self.sync, stderr=stderr, everything=all)
+        try:
+            first = reader.lines() if follow else reader.lines() + reader.rest()
+            if tail is not None:
+                first = first[len(first) - tail:] if tail else []
+            for line in first:
+                yield line
+            if not follow:
+                return
+            while True:
+                ended = not self.sync.is_running()
+                for line in reader.lines():
+                    yield line
+                if ended:
+                    for line in reader.rest():
+                        yield line
+                    return
+                await asyncio.sleep(FOLLOW_POLL)
+        finally:
+            reader.close()
+
+
+class AsyncInstanceRegistry:
+    """``InstanceRegistry``, awaited: ``list``, ``get`` and ``stop`` in a worker thread;
+    ``sync`` is the registry behind it (same arguments)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sync = kwargs.pop("registry", None) or InstanceRegistry(*args, **kwargs)
+
+    async def list(self, pattern: str = "*") -> builtins.list[AsyncInstance]:
+        return [AsyncInstance(i) for i in await _thread(self.sync.list, pattern)]
+
+    async def get(self, name: str) -> AsyncInstance:
+        return AsyncInstance(await _thread(self.sync.get, name))
+
+    async def stop(self, pattern: str = "*", **options: Any) -> builtins.list[str]:
+        return builtins.list(await _thread(self.sync.stop, pattern, **options))
+
+
+def _code(process: InstanceProcess) -> int:
+    return process.returncode if process.returncode is not None else -1
+
+
+async def _readable(fd: int) -> None:
+    """Until ``fd`` is readable (a pidfd: its process has ended)."""
+    await _wait_fd(asyncio.get_running_loop(), fd, write=False)
+
+
+async def _communicate(process: InstanceProcess,
+                       input: bytes | str | None) -> tuple[bytes, bytes]:
+    """Feed stdin, read stdout and stderr to their end and wait for the status, on the
+    loop; if anything interrupts it (cancellation, a timeout), kill and reap first."""
+    loop = asyncio.get_running_loop()
+    try:
+        writer = None
+        if process.stdin is not None:
+            payload = input.encode() if isinstance(input, str) else (input or b"")
+            writer = asyncio.ensure_future(_feed(loop, process.stdin, payload))
+        out, err = await asyncio.gather(_drain(loop, process.stdout),
+                                        _drain(loop, process.stderr))
+        if writer is not None:
+            await writer
+        await _ended(loop, process)
+        return out, err
+    except BaseException:
+        process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(_ended(loop, process))
+        raise
+    finally:
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+async def _drain(loop: asyncio.AbstractEventLoop, stream: Any) -> bytes:
+    if stream is None:
+        return b""
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            await _wait_fd(loop, fd, write=False)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+async def _feed(loop: asyncio.AbstractEventLoop, stream: Any, payload: bytes) -> None:
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    try:
+        while payload:
+            try:
+                payload = payload[os.write(fd, payload[:1 << 16]):]
+            except BlockingIOError:
+                await _wait_fd(loop, fd, write=True)
+            except BrokenPipeError:
+                return
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, wake)
+    try:
+        await ready
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def _ended(loop: asyncio.AbstractEventLoop, process: InstanceProcess) -> None:
+    """Until the joiner has reported the command's end (its status socket)."""
+    while process.poll() is None:
+        status = process._status
+        if status is None:
+            return
+        await _wait_fd(loop, status.fileno(), write=False)
