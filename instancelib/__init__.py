@@ -86,6 +86,9 @@ _LAZY = {
     "build_image": "instancelib.build",
 }
 
+# The names whose first use is usually followed by a start.
+_START_PATH = frozenset({"Image", "Instance", "build_cached", "build_image"})
+
 __all__ = [
     "AppMetadata",
     "Bind",
@@ -141,6 +144,12 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'instancelib' has no attribute {name!r}")
     import importlib  # noqa: PLC0415 (see TYPE_CHECKING)
 
+    if name in _START_PATH:
+        # The fork-server's start (its interpreter and imports) overlaps the ~100 ms of
+        # importing the start path, so the first start does not wait for it.
+        from instancelib.linux import client  # noqa: PLC0415
+
+        client.prestart()
     value = getattr(importlib.import_module(module), name)
     if isinstance(value, type):
         value.__module__ = "instancelib"
