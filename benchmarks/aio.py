@@ -5,7 +5,10 @@ Prints two tables:
 
 - the loop's lag while ``--count`` (20) ``AsyncInstance.start`` run at once, then their
   stops: a ticker asks for a 1 ms sleep again and again, and the lag is how late each
-  wake-up came (max, 99th percentile, median), beside the same ticker on an idle loop;
+  wake-up came (max, 99th percentile, median), beside the same ticker on an idle loop and
+  while the same starts and stops run (sync) in *another* process: the lag the machine
+  itself imposes (its CPUs busy with the fork-server, launchers and new PID 1s), which no
+  design of the async face can go below;
 - min / median / max over ``-n`` calls of ``exec(["true"])`` and ``stats()``, sync and
   awaited, and the difference of the medians (the async face's overhead per call).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,8 +60,43 @@ def summary(lags: list[float]) -> str:
     return f"{max(ordered):.2f} | {p99:.2f} | {statistics.median(ordered):.2f} | {len(ordered)}"
 
 
+ELSEWHERE = """
+import sys
+from instancelib import Image, Instance, InstanceRegistry
+registry = InstanceRegistry(sys.argv[2])
+Instance.start(Image(sys.argv[1]), "warm-elsewhere", registry=registry).stop()
+print("ready", flush=True)
+sys.stdin.readline()
+started = [Instance.start(Image(sys.argv[1]), f"elsewhere{i}", registry=registry)
+           for i in range(int(sys.argv[3]))]
+for instance in started:
+    instance.stop()
+print("done", flush=True)
+"""
+
+
+async def lag_elsewhere(image: Image, registry: InstanceRegistry, count: int) -> list[float]:
+    """The ticker's lag while another process starts and stops ``count`` instances."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ELSEWHERE, image.path, str(registry.root), str(count),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    await process.stdout.readline()
+
+    async def work() -> None:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(b"go\n")
+        await process.stdin.drain()
+        await process.stdout.readline()
+
+    lags, _ = await lag_during(work)
+    await process.wait()
+    return lags
+
+
 async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> list[str]:
     idle, _ = await lag_during(lambda: asyncio.sleep(0.5))
+    elsewhere = await lag_elsewhere(image, registry, count)
     started: list[AsyncInstance] = []
 
     async def starts() -> None:
@@ -68,6 +107,8 @@ async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> lis
     during_stops, _ = await lag_during(
         lambda: asyncio.gather(*(instance.stop() for instance in started)))
     return [f"| idle loop (0.5 s) | {summary(idle)} |",
+            f"| peer: {count} starts and stops (sync) in another process | "
+            f"{summary(elsewhere)} |",
             f"| {count} starts at once | {summary(during_starts)} |",
             f"| their {count} stops at once | {summary(during_stops)} |"]
 

@@ -151,6 +151,10 @@ def __getattr__(name: str) -> Any:
 
         client.prestart()
     value = getattr(importlib.import_module(module), name)
+    if name in _START_PATH:
+        from instancelib.starting import warm_up  # noqa: PLC0415 (imported by now)
+
+        warm_up()
     if isinstance(value, type):
         value.__module__ = "instancelib"
     globals()[name] = value

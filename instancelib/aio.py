@@ -233,21 +233,41 @@ class AsyncInstance:
     async def exec(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                    cwd: str | None = None, input: bytes | str | None = None,
                    timeout: float | None = None, text: bool = True) -> ExecResult:
-        """``Instance.exec``, its pipes and its end awaited on the loop; cancelled or timed
-        out, the command is killed and reaped."""
-        process = await _thread(
-            self.sync.popen, argv, env=env, cwd=cwd,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        """``Instance.exec`` on a worker thread (one hop: the command's pipes are read there,
+        in ``select``, holding nothing of the loop's); cancelled, timed out or interrupted,
+        the command is killed and reaped."""
+        started: list[InstanceProcess] = []
+        given_up = threading.Event()
+
+        def run_to_end() -> tuple[Any, Any, int]:
+            process = self.sync.popen(
+                argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+            started.append(process)
+            if given_up.is_set():  # cancelled while it was being started
+                process.kill()
+            try:
+                out, err = process.communicate(input, timeout)
+            except BaseException:
+                process.kill()
+                with contextlib.suppress(OSError):
+                    process.communicate()
+                raise
+            return out, err, _code(process)
+
+        task = _offload(run_to_end)
         try:
-            out, err = await asyncio.wait_for(_communicate(process, input), timeout)
-        except TimeoutError:
-            raise Timeout(f"command {process.args[0]!r} still running after {timeout:g} s "
-                          "(killed)", name=self.name, pid=process.pid) from None
+            out, err, code = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            given_up.set()
+            for process in started:
+                process.kill()  # its pipes close: the worker's communicate returns
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+            raise
         if text:
-            return ExecResult(_code(process), out.decode(errors="replace"),
-                              err.decode(errors="replace"))
-        return ExecResult(_code(process), out, err)
+            return ExecResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+        return ExecResult(code, out, err)
 
     async def run(self, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
                   input: bytes | str | None = None, timeout: float | None = None,
@@ -360,67 +380,6 @@ async def _readable(fd: int) -> None:
     await _wait_fd(asyncio.get_running_loop(), fd, write=False)
 
 
-async def _communicate(process: InstanceProcess,
-                       input: bytes | str | None) -> tuple[bytes, bytes]:
-    """Feed stdin, read stdout and stderr to their end and wait for the status, on the
-    loop; if anything interrupts it (cancellation, a timeout), kill and reap first."""
-    loop = asyncio.get_running_loop()
-    try:
-        writer = None
-        if process.stdin is not None:
-            payload = input.encode() if isinstance(input, str) else (input or b"")
-            writer = asyncio.ensure_future(_feed(loop, process.stdin, payload))
-        out, err = await asyncio.gather(_drain(loop, process.stdout),
-                                        _drain(loop, process.stderr))
-        if writer is not None:
-            await writer
-        await _ended(loop, process)
-        return out, err
-    except BaseException:
-        process.kill()
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_ended(loop, process))
-        raise
-    finally:
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-
-async def _drain(loop: asyncio.AbstractEventLoop, stream: Any) -> bytes:
-    if stream is None:
-        return b""
-    fd = stream.fileno()
-    os.set_blocking(fd, False)
-    chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            await _wait_fd(loop, fd, write=False)
-            continue
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-
-
-async def _feed(loop: asyncio.AbstractEventLoop, stream: Any, payload: bytes) -> None:
-    fd = stream.fileno()
-    os.set_blocking(fd, False)
-    try:
-        while payload:
-            try:
-                payload = payload[os.write(fd, payload[:1 << 16]):]
-            except BlockingIOError:
-                await _wait_fd(loop, fd, write=True)
-            except BrokenPipeError:
-                return
-    finally:
-        with contextlib.suppress(OSError):
-            stream.close()
-
-
 async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
     ready = loop.create_future()
 
@@ -433,12 +392,3 @@ async def _wait_fd(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> 
         await ready
     finally:
         (loop.remove_writer if write else loop.remove_reader)(fd)
-
-
-async def _ended(loop: asyncio.AbstractEventLoop, process: InstanceProcess) -> None:
-    """Until the joiner has reported the command's end (its status socket)."""
-    while process.poll() is None:
-        status = process._status
-        if status is None:
-            return
-        await _wait_fd(loop, status.fileno(), write=False)

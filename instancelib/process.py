@@ -18,6 +18,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from typing import IO, Any, NoReturn
@@ -87,6 +88,9 @@ class InstanceProcess:
         self._pidfd = pidfd
         self._status: socket.socket | None = status
         self._instance_name = instance_name
+        # Held while the status is read or the pidfd used or closed: another thread may
+        # signal the command (kill() from an event loop) while this one waits for it.
+        self._lock = threading.RLock()
         status.setblocking(False)
 
     def __repr__(self) -> str:
@@ -97,6 +101,10 @@ class InstanceProcess:
 
     def _consume_status(self) -> None:
         """Read whatever the joiner has reported; set ``returncode`` on exit."""
+        with self._lock:
+            self._consume_status_locked()
+
+    def _consume_status_locked(self) -> None:
         while self._status is not None and self.returncode is None:
             try:
                 data, fds = wire.recv_fds(self._status, 256, 1)
@@ -112,9 +120,13 @@ class InstanceProcess:
                 self.returncode = int(value)
             elif kind == "signaled":
                 self.returncode = -int(value)
-        self._close_status()
+        self._close_status_locked()
 
     def _close_status(self) -> None:
+        with self._lock:
+            self._close_status_locked()
+
+    def _close_status_locked(self) -> None:
         if self._status is not None:
             self._status.close()
             self._status = None
@@ -211,10 +223,15 @@ class InstanceProcess:
         return results[0], results[1]
 
     def send_signal(self, sig: int) -> None:
-        """Send ``sig`` to the process (nothing happens once it has ended)."""
-        if self.poll() is None and self._pidfd >= 0:
-            with contextlib.suppress(ProcessLookupError):
-                syscalls.pidfd_send_signal(self._pidfd, sig)
+        """Send ``sig`` to the process (nothing happens once it has ended).
+
+        Safe from another thread than the one waiting for the process: the
+        signal goes through the command's pidfd, which is not closed meanwhile.
+        """
+        with self._lock:
+            if self.returncode is None and self._pidfd >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    syscalls.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         """Send SIGTERM."""

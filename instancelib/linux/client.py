@@ -79,7 +79,7 @@ class ForkServer:
                 fds: list[int] | None = None) -> tuple[dict[str, Any], list[int]]:
         """Send one request; return the server's reply and the fds that came with it."""
         received: list[int] = []
-        if message.get("op") == "start":
+        if message.get("op") in ("start", "spare"):
             self.cgroup_bases.update(message["plan"].get("cgroup_bases") or ())
         with self._lock:
             if self.broken:

@@ -235,6 +235,11 @@ class _Server:
             return {"ok": True, "pid": os.getpid()}, []
         if op == "start":
             return self.start(message["plan"], fds)
+        if op == "spare":  # a caller expecting to start soon: have a PID 1 ready
+            if self.spare is None:
+                plan = message["plan"]
+                self.make_spare(plan.get("userns"), list(plan.get("cgroup_bases") or ()))
+            return {"ok": True}, []
         if op == "exec":
             status_fd, *stdio = fds
             pid = self.fork_child()
