@@ -9,6 +9,9 @@ Prints two tables:
   while the same starts and stops run (sync) in *another* process: the lag the machine
   itself imposes (its CPUs busy with the fork-server, launchers and new PID 1s), which no
   design of the async face can go below;
+- the longest any one callback ran on the loop's thread while those starts and stops ran,
+  in that thread's CPU time (``time.thread_time``: the work a call does there, which is
+  what blocks the loop; the wall-clock lag above also counts waiting for a CPU);
 - min / median / max over ``-n`` calls of ``exec(["true"])`` and ``stats()``, sync and
   awaited, and the difference of the medians (the async face's overhead per call).
 
@@ -94,6 +97,33 @@ async def lag_elsewhere(image: Image, registry: InstanceRegistry, count: int) ->
     return lags
 
 
+class CallbackClock:
+    """The thread CPU time of every callback the loop runs (asyncio's Handle._run timed)."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.count = 0
+        self._original = asyncio.events.Handle._run
+
+    def __enter__(self) -> CallbackClock:
+        clock = self
+        original = self._original
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            began = time.thread_time()
+            try:
+                original(handle)
+            finally:
+                clock.count += 1
+                clock.longest = max(clock.longest, time.thread_time() - began)
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+
+
 async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> list[str]:
     idle, _ = await lag_during(lambda: asyncio.sleep(0.5))
     elsewhere = await lag_elsewhere(image, registry, count)
@@ -103,10 +133,13 @@ async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> lis
         started.extend(await asyncio.gather(*(
             AsyncInstance.start(image, f"lag{i}", registry=registry) for i in range(count))))
 
-    during_starts, _ = await lag_during(starts)
-    during_stops, _ = await lag_during(
-        lambda: asyncio.gather(*(instance.stop() for instance in started)))
-    return [f"| idle loop (0.5 s) | {summary(idle)} |",
+    with CallbackClock() as clock:
+        during_starts, _ = await lag_during(starts)
+        during_stops, _ = await lag_during(
+            lambda: asyncio.gather(*(instance.stop() for instance in started)))
+    return [f"| longest callback on the loop's thread during the {count} starts and stops "
+            f"(thread CPU time; {clock.count} callbacks) | {clock.longest * 1000:.2f} | | | |",
+            f"| idle loop (0.5 s) | {summary(idle)} |",
             f"| peer: {count} starts and stops (sync) in another process | "
             f"{summary(elsewhere)} |",
             f"| {count} starts at once | {summary(during_starts)} |",

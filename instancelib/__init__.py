@@ -145,16 +145,12 @@ def __getattr__(name: str) -> Any:
     import importlib  # noqa: PLC0415 (see TYPE_CHECKING)
 
     if name in _START_PATH:
-        # The fork-server's start (its interpreter and imports) overlaps the ~100 ms of
-        # importing the start path, so the first start does not wait for it.
-        from instancelib.linux import client  # noqa: PLC0415
+        # The fork-server and the first spare PID 1 get ready while the start path's
+        # ~100 ms of imports run, so the first start does not wait for them.
+        from instancelib import warmup  # noqa: PLC0415
 
-        client.prestart()
+        warmup.begin()
     value = getattr(importlib.import_module(module), name)
-    if name in _START_PATH:
-        from instancelib.starting import warm_up  # noqa: PLC0415 (imported by now)
-
-        warm_up()
     if isinstance(value, type):
         value.__module__ = "instancelib"
     globals()[name] = value

@@ -29,7 +29,6 @@ import contextvars
 import os
 import queue
 import signal as signals
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -240,19 +239,12 @@ class AsyncInstance:
         given_up = threading.Event()
 
         def run_to_end() -> tuple[Any, Any, int]:
-            process = self.sync.popen(
-                argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+            process = self.sync.popen_captured(argv, env=env, cwd=cwd,
+                                               with_input=input is not None)
             started.append(process)
             if given_up.is_set():  # cancelled while it was being started
                 process.kill()
-            try:
-                out, err = process.communicate(input, timeout)
-            except BaseException:
-                process.kill()
-                with contextlib.suppress(OSError):
-                    process.communicate()
-                raise
+            out, err = process.finish(input, timeout)
             return out, err, _code(process)
 
         task = _offload(run_to_end)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import enum
 import logging
@@ -12,25 +11,19 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal, NoReturn, overload
-
-import psutil
+from typing import IO, Any, NoReturn
 
 from instancelib import display
 from instancelib.binds import Bind
 from instancelib.cgroups import control as cgroup_control
 from instancelib.cgroups.limits import Limits
-from instancelib.cgroups.stats import Sample, Stats
-from instancelib.cgroups.stats import sample as read_sample
-from instancelib.cgroups.tree import CgroupInfo
-from instancelib.durations import optional_seconds, seconds
+from instancelib.durations import optional_seconds
 from instancelib.environment import check_args, check_argv, check_env, check_exec_size
 from instancelib.errors import (
     ExecError,
     NotFound,
     PermissionDenied,
     Timeout,
-    Unsupported,
 )
 from instancelib.image import Image
 from instancelib.linux import envscripts, pathwalk, procfs, syscalls
@@ -50,13 +43,13 @@ from instancelib.records.directory import InstanceRecords
 from instancelib.records.record import InstanceRecord, validate_name
 from instancelib.starting import start_instance
 from instancelib.stopping import stop_instances
+from instancelib.usage import ResourceUse
 
 __all__ = ["Instance", "InstanceStatus"]
 
 log = logging.getLogger("instancelib")
 
 _RUNSCRIPT = "/.singularity.d/runscript"
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class InstanceStatus(enum.Enum):
@@ -76,7 +69,7 @@ class _NoPublicConstructor(type):
         )
 
 
-class Instance(metaclass=_NoPublicConstructor):
+class Instance(ResourceUse, metaclass=_NoPublicConstructor):
     """A named instance of a container image, running in the background.
 
     Obtained from ``Instance.start`` or ``InstanceRecords.get``/``list``.
@@ -99,7 +92,6 @@ class Instance(metaclass=_NoPublicConstructor):
     registry: InstanceRecords
     _record: InstanceRecord
     _env: dict[str, str] | None
-    _last_sample: Sample | None
 
     @classmethod
     def _from_record(cls, record: InstanceRecord, registry: InstanceRecords) -> Instance:
@@ -265,108 +257,6 @@ class Instance(metaclass=_NoPublicConstructor):
         """The start options (run, args, writable_tmpfs, contain, hostname, binds)."""
         return dict(self._record.options)
 
-    @property
-    def cgroup(self) -> CgroupInfo | None:
-        """The instance's cgroup: where it is, which hierarchy serves each controller.
-
-        None when it has none (an ordinary user without a delegated cgroup v2
-        subtree), or when the instance is not running.
-        """
-        return (self._live_cgroup() or None) if self.is_running() else None
-
-    def _live_cgroup(self) -> CgroupInfo:
-        """The cgroup PID 1 (already checked to run) is in, as the kernel says (see control)."""
-        return cgroup_control.live_info(self.pid, self._record.uid,
-                                     CgroupInfo.from_dict(self._record.cgroup))
-
-    @property
-    def limits(self) -> Limits:
-        """The limits the instance was started with (empty ``Limits()`` for none)."""
-        return Limits(**self._record.options.get("limits", {}))
-
-    @overload
-    def stats(self, *, stream: Literal[False] = ..., interval: float = ...) -> Stats: ...
-
-    @overload
-    def stats(self, *, stream: Literal[True], interval: float = ...) -> Iterator[Stats]: ...
-
-    def stats(self, *, stream: bool = False,
-              interval: float = 1.0) -> Stats | Iterator[Stats]:
-        """The instance's resource use now, read at once (see ``Stats``).
-
-        With ``stream=True``, an iterator that yields a reading every
-        ``interval`` seconds until the instance ends.
-
-        Raises:
-            NotFound: the instance is not running.
-        """
-        if stream:
-            seconds(interval, "interval")
-            return self._stream_stats(interval)
-        return self._stats_now()
-
-    def _stats_now(self) -> Stats:
-        self._check_owner()
-        if not self.is_running():
-            raise NotFound("the instance is not running", name=self.name)
-        cgroup = self._live_cgroup()
-        # The first window starts when PID 1 did (boot time + its start time in ticks).
-        started = int((psutil.boot_time() + self._record.starttime / _CLOCK_TICKS) * 1e9)
-        try:
-            stats, self._last_sample = read_sample(self.name, self.pid, cgroup,
-                                                   self._last_sample, started)
-        except OSError as err:
-            if not self.is_running():
-                raise NotFound("the instance is not running", name=self.name) from err
-            raise
-        return stats
-
-    def _stream_stats(self, interval: float) -> Iterator[Stats]:
-        while True:
-            try:
-                yield self._stats_now()
-            except NotFound:
-                return
-            try:
-                self.wait(interval)
-            except Timeout:
-                continue
-            return
-
-    def pause(self) -> None:
-        """Freeze every process of the instance (its cgroup's freezer).
-
-        Raises:
-            NotFound: the instance is not running.
-            Unsupported: the instance has no cgroup with a freezer.
-        """
-        self._freeze(True)
-
-    def resume(self) -> None:
-        """Thaw a paused instance."""
-        self._freeze(False)
-
-    def _freeze(self, frozen: bool) -> None:
-        self._check_owner()
-        if not self.is_running():
-            raise NotFound("the instance is not running", name=self.name)
-        try:
-            cgroup_control.freeze(self._live_cgroup(), frozen)
-        except Unsupported as err:
-            err.name = self.name
-            raise
-        except TimeoutError as err:
-            raise Timeout(str(err), name=self.name) from err
-        except OSError as err:
-            raise PermissionDenied("cannot freeze the instance's cgroup", name=self.name,
-                                   errno=err.errno) from err
-
-    @property
-    def paused(self) -> bool:
-        """Whether the instance is frozen (``pause()``)."""
-        cgroup = self.cgroup
-        return cgroup is not None and cgroup_control.is_frozen(cgroup)
-
     def is_running(self) -> bool:
         """Whether PID 1 is still up (and its PID was not reused by another process)."""
         return procfs.is_alive(self.pid, self._record.starttime, uid=self._record.uid, init=True)
@@ -498,21 +388,20 @@ class Instance(metaclass=_NoPublicConstructor):
         command is killed and reaped before the exception propagates.
         """
         timeout = optional_seconds(timeout, "timeout")
-        process = self.popen(argv, stdin=subprocess.PIPE if input is not None else
-                             subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=env, cwd=cwd)
-        try:
-            out, err = process.communicate(input, timeout)
-        except BaseException:
-            # Timed out, interrupted (Ctrl-C in a cell), cancelled: as subprocess.run,
-            # the command is killed and reaped before the exception goes on.
-            process.kill()
-            with contextlib.suppress(OSError):
-                process.communicate()
-            raise
+        process = self.popen_captured(argv, env=env, cwd=cwd, with_input=input is not None)
+        # Timed out, interrupted (Ctrl-C in a cell), cancelled: as subprocess.run, the
+        # command is killed and reaped before the exception goes on.
+        out, err = process.finish(input, timeout)
         if text:
             out, err = out.decode(errors="replace"), err.decode(errors="replace")
         return ExecResult(process.returncode if process.returncode is not None else -1, out, err)
+
+    def popen_captured(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                       cwd: str | None = None, with_input: bool = False) -> InstanceProcess:
+        """``popen`` with stdout and stderr captured (and stdin a pipe ``with_input``, else
+        /dev/null): what ``exec`` runs."""
+        return self.popen(argv, stdin=subprocess.PIPE if with_input else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
 
     def run_command(self, args: Sequence[str] = ()) -> list[str]:
         """The command line ``run()`` executes: the image's runscript with ``args``.

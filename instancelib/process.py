@@ -222,6 +222,19 @@ class InstanceProcess:
             results.append(data.decode(errors="replace") if text else data)
         return results[0], results[1]
 
+    def finish(self, input: bytes | str | None = None,
+               timeout: float | None = None) -> tuple[Any, Any]:
+        """``communicate``, as ``subprocess.run`` uses it: interrupted by anything (a
+        timeout, Ctrl-C, another thread's kill), the command is killed and reaped before
+        the exception goes on."""
+        try:
+            return self.communicate(input, timeout)
+        except BaseException:
+            self.kill()
+            with contextlib.suppress(OSError):
+                self.communicate()
+            raise
+
     def send_signal(self, sig: int) -> None:
         """Send ``sig`` to the process (nothing happens once it has ended).
 

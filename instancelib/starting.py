@@ -23,7 +23,6 @@ import os
 import selectors
 import signal as signals
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +45,6 @@ from instancelib.launchplan import LaunchPlan, build_launch_plan, ensure_session
 from instancelib.linux import client, procfs, syscalls, wire
 from instancelib.linux.launch import NAMESPACES
 from instancelib.linux.syscalls import CLONE_NEWNET, CLONE_NEWUSER
-from instancelib.linux.userns import user_namespace_plan
 from instancelib.logs import open_for_append, tail_since
 from instancelib.network import attach as network_attach
 from instancelib.network import portmaps
@@ -61,7 +59,7 @@ from instancelib.verbosity import VERBOSE
 if TYPE_CHECKING:
     from instancelib.instance import Instance
 
-__all__ = ["ABANDON", "Launch", "start_instance", "warm_up"]
+__all__ = ["ABANDON", "Launch", "start_instance"]
 
 log = logging.getLogger("instancelib")
 
@@ -480,30 +478,6 @@ class Launch:
             os.close(self.pidfd)
             self.pidfd = -1
         self.channel.close()
-
-
-def warm_up() -> None:
-    """Have the first spare PID 1 made now, for a start with the default options, from a
-    daemon thread (``INSTANCELIB_PRESTART=0``: not).
-
-    A script's or a notebook's first ``Instance.start`` then finds its PID 1 ready
-    instead of waiting for one.  What it makes is what the first start would: the
-    parent cgroups of our tree, and a spare that the fork-server removes as this
-    process ends if no start takes it.
-    """
-    if os.environ.get("INSTANCELIB_PRESTART", "1") == "0":
-        return
-
-    def warm() -> None:
-        try:
-            userns, _note = user_namespace_plan(fakeroot=False)
-            cgroup_plan = cgroup_tree.plan("warm-up", None)
-            client.get_forkserver().request({"op": "spare", "plan": {
-                "userns": userns, "cgroup_bases": cgroup_plan.bases() if cgroup_plan else []}})
-        except Exception as err:  # the first start will say what is wrong, if anything
-            log.debug("no spare PID 1 made ahead: %s", err)
-
-    threading.Thread(target=warm, name="instancelib-warm-up", daemon=True).start()
 
 
 # The fork-server starts now, while the caller is still importing the rest of the start

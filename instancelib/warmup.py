@@ -1,0 +1,47 @@
+"""Getting the first start ready ahead: the fork-server and a spare PID 1, in the background.
+
+A new process's first ``Instance.start`` would otherwise start the fork-server (a Python
+interpreter and its imports, ~45 ms) and wait for it to make a PID 1.  ``begin`` is called
+as the start path is first looked up (``instancelib.Image``, ``Instance``, ...), before
+its ~100 ms of imports: it starts the server, and a daemon thread that plans a default
+start's cgroup (importing only ``cgroups.tree``) and asks the server for a spare PID 1
+of that kind, which the server then makes on another CPU while the caller is still
+importing.  ``INSTANCELIB_PRESTART=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from instancelib.linux import client
+
+__all__ = ["begin"]
+
+log = logging.getLogger("instancelib")
+
+_begun: list[bool] = []
+
+
+def begin() -> None:
+    """Start the fork-server and ask for the first spare PID 1 (once per process)."""
+    if _begun or os.environ.get("INSTANCELIB_PRESTART", "1") == "0":
+        return
+    _begun.append(True)
+    client.prestart()
+    threading.Thread(target=_ask_for_a_spare, name="instancelib-warm-up", daemon=True).start()
+
+
+def _ask_for_a_spare() -> None:
+    """What the first start with default options will ask for: its spare, made now."""
+    try:
+        from instancelib.cgroups import tree  # noqa: PLC0415 (in this thread, off the caller's)
+        from instancelib.linux.userns import user_namespace_plan  # noqa: PLC0415
+
+        userns, _note = user_namespace_plan(fakeroot=False)
+        cgroup_plan = tree.plan("warm-up", None)
+        client.get_forkserver().request({"op": "spare", "plan": {
+            "userns": userns, "cgroup_bases": cgroup_plan.bases() if cgroup_plan else []}})
+    except Exception as err:  # the first start will say what is wrong, if anything
+        log.debug("no spare PID 1 made ahead: %s", err)
