@@ -60,6 +60,11 @@ class _Workers(concurrent.futures.Executor):
 
     def __init__(self, most: int = 16) -> None:
         self._most = most
+        self._reset()
+        # A forked child has none of the parent's threads: it starts its own.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._wanted = threading.Semaphore(0)
@@ -295,7 +300,7 @@ class AsyncInstance:
             return
         try:
             await asyncio.wait_for(_readable(pidfd), timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # (not the builtin one before Python 3.11)
             raise Timeout(f"still running after {timeout:g} s", name=self.name,
                           pid=self.pid) from None
         finally:

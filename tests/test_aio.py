@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -145,3 +146,18 @@ def test_twenty_starts_at_once_on_one_loop(image, registry):
 
 async def _collect(lines):
     return [line async for line in lines]
+
+
+def test_a_forked_child_gets_workers_of_its_own(image, start):
+    instance = AsyncInstance(start(image, "forked"))
+    assert run(instance.stats()).name == "forked"  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # the child: none of the parent's threads; the face must still work
+        code = 2
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(instance.stats(), 10)).name == "forked" \
+                else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -37,7 +37,7 @@ from typing import Any
 from instancelib.build.bootstrap import bootstrap_root, convert_image, registry_source
 from instancelib.build.fakeroot import remove_build_tree
 from instancelib.build.layout import copy_files, ensure_layout, write_layout
-from instancelib.build.progress import BuildProgress, ProgressCallback, default_progress
+from instancelib.build.progress import BuildProgress, ProgressCallback, reporting
 from instancelib.build.sections import run_in_instance, run_on_host
 from instancelib.build.sif_output import write_sif_image
 from instancelib.errors import ImageError, InstanceError, PermissionDenied
@@ -84,74 +84,50 @@ def build_image(
 
     A failed build leaves neither a partial target nor a mount behind.
     """
-    bar = default_progress() if progress is None else None
-    try:
-        image = _build(source, target, sandbox=sandbox, build_args=build_args, notest=notest,
-                       force=force, progress=progress or bar)
-    except BaseException:
-        if bar is not None:
-            bar.finish(failed=True)
-        raise
-    if bar is not None:
-        bar.finish(failed=False)
-    return image
-
-
-def _build(
-    source: Definition | Sequence[Definition] | Image | str | os.PathLike[str],
-    target: str | os.PathLike[str],
-    *,
-    sandbox: bool = False,
-    build_args: Mapping[str, str] | None = None,
-    notest: bool = False,
-    force: bool = False,
-    progress: ProgressCallback | None = None,
-) -> Image:
-    """``build_image`` with its progress reporter chosen."""
-    report = progress or (lambda _event: None)
-    target_path = Path(os.path.abspath(os.fspath(target)))
-    stages = _stages(source, build_args)
-    if (target_path.exists() or target_path.is_symlink()) and not force:
-        raise ImageError("the build target exists (use force=True to replace it)",
-                         path=str(target_path))
-    try:
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=".instancelib-build-", dir=target_path.parent))
-    except OSError as err:
-        error = PermissionDenied if err.errno in (errno.EACCES, errno.EPERM) else ImageError
-        raise error("cannot write in the build target's directory",
-                    path=str(target_path.parent), errno=err.errno) from err
-    try:
-        roots: dict[str, Path] = {}
-        final: Path | None = None
-        final_definition: Definition | None = None
-        for index, stage in enumerate(stages):
-            root = workdir / f"stage{index}"
-            if isinstance(stage, Image):
-                convert_image(stage, root, report)
-                final_definition = None
+    with reporting(progress) as report:
+        target_path = Path(os.path.abspath(os.fspath(target)))
+        stages = _stages(source, build_args)
+        if (target_path.exists() or target_path.is_symlink()) and not force:
+            raise ImageError("the build target exists (use force=True to replace it)",
+                             path=str(target_path))
+        try:
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix=".instancelib-build-", dir=target_path.parent))
+        except OSError as err:
+            error = PermissionDenied if err.errno in (errno.EACCES, errno.EPERM) else ImageError
+            raise error("cannot write in the build target's directory",
+                        path=str(target_path.parent), errno=err.errno) from err
+        try:
+            roots: dict[str, Path] = {}
+            final: Path | None = None
+            final_definition: Definition | None = None
+            for index, stage in enumerate(stages):
+                root = workdir / f"stage{index}"
+                if isinstance(stage, Image):
+                    convert_image(stage, root, report)
+                    final_definition = None
+                else:
+                    _build_stage(stage, root, roots, workdir, notest=notest, report=report)
+                    final_definition = stage
+                roots[stage.stage if isinstance(stage, Definition) and stage.stage
+                      else str(index)] = root
+                final = root
+            assert final is not None
+            if sandbox:
+                report(BuildProgress("write the sandbox"))
+                _replace(target_path, final, force=force)
             else:
-                _build_stage(stage, root, roots, workdir, notest=notest, report=report)
-                final_definition = stage
-            roots[stage.stage if isinstance(stage, Definition) and stage.stage
-                  else str(index)] = root
-            final = root
-        assert final is not None
-        if sandbox:
-            report(BuildProgress("write the sandbox"))
-            _replace(target_path, final, force=force)
-        else:
-            write_sif_image(final, target_path, final_definition, workdir, force=force,
-                            report=report)
-        report(BuildProgress("done", 1.0))
-        return Image(target_path)
-    except InstanceError:
-        raise
-    except OSError as err:
-        raise ImageError(f"the build failed: {err.strerror or err}", path=err.filename,
-                         errno=err.errno) from err
-    finally:
-        remove_build_tree(workdir)
+                write_sif_image(final, target_path, final_definition, workdir, force=force,
+                                report=report)
+            report(BuildProgress("done", 1.0))
+            return Image(target_path)
+        except InstanceError:
+            raise
+        except OSError as err:
+            raise ImageError(f"the build failed: {err.strerror or err}", path=err.filename,
+                             errno=err.errno) from err
+        finally:
+            remove_build_tree(workdir)
 
 
 def _stages(source: Any, build_args: Mapping[str, str] | None) -> list[Definition | Image]:

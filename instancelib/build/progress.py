@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib
 import os
@@ -9,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -17,7 +18,7 @@ import attrs
 from instancelib.errors import BuildError
 
 __all__ = ["BuildProgress", "NotebookBar", "ProgressCallback", "default_progress",
-           "stream_command"]
+           "reporting", "stream_command"]
 
 
 @attrs.frozen
@@ -101,6 +102,25 @@ def default_progress() -> NotebookBar | None:
     if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
         return None
     return NotebookBar(shown.display, shown.HTML)
+
+
+@contextlib.contextmanager
+def reporting(progress: ProgressCallback | None) -> Iterator[ProgressCallback]:
+    """The callback a build reports to: the caller's; else in a notebook a ``NotebookBar``
+    (finished as the build ends, done or failed); else one that drops every report."""
+    if progress is not None:
+        yield progress
+        return
+    bar = default_progress()
+    if bar is None:
+        yield lambda _event: None
+        return
+    try:
+        yield bar
+    except BaseException:
+        bar.finish(failed=True)
+        raise
+    bar.finish(failed=False)
 
 
 def stream_command(argv: list[str], env: Mapping[str, str] | None, what: str,

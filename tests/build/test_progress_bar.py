@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 import types
 
-from instancelib.build.progress import BuildProgress, NotebookBar, default_progress
+import pytest
+
+from instancelib.build.progress import BuildProgress, NotebookBar, default_progress, reporting
 
 
 class ZMQInteractiveShell:  # the class name IPython's kernel shell has
@@ -62,3 +64,21 @@ def test_in_a_kernel_the_bar_shows_steps_fractions_and_the_end(monkeypatch):
     failed = default_progress()
     failed.finish(failed=True)
     assert "<b>failed</b>" in handles[1].shown[-1][1] and "<progress" not in handles[1].shown[-1][1]
+
+
+def test_a_build_without_a_callback_reports_to_the_bar_and_finishes_it(monkeypatch):
+    handles = _kernel(monkeypatch, ZMQInteractiveShell())
+    mine = []
+    with reporting(mine.append) as report:  # the caller's own callback wins
+        report(BuildProgress("%post"))
+    assert mine == [BuildProgress("%post")] and handles == []
+    with reporting(None) as report:
+        report(BuildProgress("%post"))
+    assert "<b>done</b>" in handles[0].shown[-1][1]
+    with pytest.raises(RuntimeError), reporting(None):
+        raise RuntimeError("the build failed")
+    assert "<b>failed</b>" in handles[1].shown[-1][1]
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    with reporting(None) as report:  # outside a kernel: reports go nowhere
+        report(BuildProgress("%post"))
+    assert len(handles) == 2
