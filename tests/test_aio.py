@@ -148,6 +148,8 @@ async def _collect(lines):
     return [line async for line in lines]
 
 
+# Forking a process that has threads is what this test is about (3.12+ warns of it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_gets_workers_of_its_own(image, start):
     instance = AsyncInstance(start(image, "forked"))
     assert run(instance.stats()).name == "forked"  # the parent's workers exist now
