@@ -478,8 +478,3 @@ class Launch:
             os.close(self.pidfd)
             self.pidfd = -1
         self.channel.close()
-
-
-# The fork-server starts now, while the caller is still importing the rest of the start
-# path (``client.prestart``), so that the first start in a process does not wait for it.
-client.prestart()

@@ -1,18 +1,18 @@
 """Getting the first start ready ahead: the fork-server and a spare PID 1, in the background.
 
 A new process's first ``Instance.start`` would otherwise start the fork-server (a Python
-interpreter and its imports, ~45 ms) and wait for it to make a PID 1.  ``begin`` is called
-as the start path is first looked up (``instancelib.Image``, ``Instance``, ...), before
-its ~100 ms of imports: it starts the server, and a daemon thread that plans a default
-start's cgroup (importing only ``cgroups.tree``) and asks the server for a spare PID 1
-of that kind, which the server then makes on another CPU while the caller is still
-importing.  ``INSTANCELIB_PRESTART=0`` turns it off.
+interpreter and its imports, ~45 ms) and wait for it to make a PID 1.  ``begin`` is
+called as the start path is first looked up (``instancelib.Image``, ``Instance``, ...)
+and by the command's verbs that start instances, before their ~100 ms of imports: it
+starts the server, and a daemon thread that plans a default start's cgroup (importing
+only ``cgroups.tree``) and asks the server for a spare PID 1 of that kind, which the
+server then makes on another CPU while the caller is still importing.
+``INSTANCELIB_PRESTART=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from instancelib.linux import client
@@ -26,7 +26,7 @@ _begun: list[bool] = []
 
 def begin() -> None:
     """Start the fork-server and ask for the first spare PID 1 (once per process)."""
-    if _begun or os.environ.get("INSTANCELIB_PRESTART", "1") == "0":
+    if _begun or not client.prestart_enabled():
         return
     _begun.append(True)
     client.prestart()

@@ -129,6 +129,11 @@ _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = 
 }
 
 
+# The verbs that start an instance (a foreground command runs in one, a build's %post too).
+_STARTING = {("instance", "start"), ("instance", "run"), ("exec", None), ("run", None),
+             ("shell", None), ("test", None), ("build", None)}
+
+
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """Run the command line; return the exit status.
 
@@ -158,6 +163,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
                  else logging.ERROR if args.silent
                  else logging.WARNING if args.quiet else logging.INFO)
     load, function = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
+    if (args.command, getattr(args, "instance_command", None)) in _STARTING:
+        from instancelib import warmup  # noqa: PLC0415 (only for the verbs that start)
+
+        warmup.begin()  # the fork-server and a spare get ready while the verb's imports run
     try:
         command: Callable[[argparse.Namespace, Session], int] = getattr(load(), function)
         return command(args, Session(args, personality))

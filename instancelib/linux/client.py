@@ -22,7 +22,7 @@ from instancelib.errors import StartError, Unsupported
 from instancelib.linux import wire
 from instancelib.linux.cgroupdirs import leaf_owner, remove_empty
 
-__all__ = ["ForkServer", "get_forkserver", "prestart"]
+__all__ = ["ForkServer", "get_forkserver", "prestart", "prestart_enabled"]
 
 log = logging.getLogger("instancelib")
 
@@ -158,17 +158,15 @@ def get_forkserver() -> ForkServer:
         return server
 
 
-def prestart() -> None:
-    """Start this process's fork-server now, in the background, if it has none.
+def prestart_enabled() -> bool:
+    """Whether the fork-server and a first spare may be started ahead
+    (``INSTANCELIB_PRESTART=0``: not; see ``instancelib.warmup``)."""
+    return os.environ.get("INSTANCELIB_PRESTART", "1") != "0"
 
-    Called as the start path is imported: the server's interpreter and imports
-    (about 45 ms) then overlap the caller's own imports (about 100 ms), and the
-    first start does not wait for them.  The server makes no spare PID 1 before
-    a start asks (a process that never starts one gets no PID 1, no cgroup).
-    ``INSTANCELIB_PRESTART=0`` turns it off.
-    """
-    if os.environ.get("INSTANCELIB_PRESTART", "1") == "0":
-        return
+
+def prestart() -> None:
+    """Start this process's fork-server now, in the background, if it has none (its
+    interpreter and imports, about 45 ms, then overlap the caller's own imports)."""
     with _state.lock:
         if _state.server is None:
             try:
