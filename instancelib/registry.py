@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import os
 import signal
-import time
 
 from instancelib import display, stopping
 from instancelib.errors import NotFound
@@ -30,17 +29,9 @@ class InstanceList(builtins.list[Instance]):
     title = "Instances"
 
     def rows(self) -> builtins.list[builtins.list[str]]:
-        """The table's rows, read live."""
-        now = time.time()
-        found = []
-        for instance in self:
-            running = instance.is_running()
-            found.append([
-                instance.name, str(instance.pid) if running else "-",
-                ("paused" if instance.paused else "running") if running else "stopped",
-                instance.image.path, instance.ip or "host",
-                display.duration(now - instance.started_at.timestamp()) if running else "-"])
-        return found
+        """The table's rows, read live (each instance's own ``rows()``)."""
+        return [[fields[key] for key in ("name", "PID", "status", "image", "IP", "uptime")]
+                for fields in (dict(instance.rows()) for instance in self)]
 
     def _repr_html_(self) -> str:
         return display.table(f"{self.title} ({len(self)})", _COLUMNS, self.rows())
