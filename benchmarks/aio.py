@@ -4,25 +4,29 @@
 Prints two tables:
 
 - the loop's lag while ``--count`` (20) ``AsyncInstance.start`` run at once, then their
-  stops: a ticker asks for a 1 ms sleep again and again, and the lag is how late each
-  wake-up came (max, 99th percentile, median), beside the same ticker on an idle loop and
-  while the same starts and stops run (sync) in *another* process: the lag the machine
-  itself imposes (its CPUs busy with the fork-server, launchers and new PID 1s), which no
-  design of the async face can go below;
-- the longest any one callback ran on the loop's thread while those starts and stops ran,
-  in that thread's CPU time (``time.thread_time``: the work a call does there, which is
-  what blocks the loop; the wall-clock lag above also counts waiting for a CPU);
+  stops (``--rounds`` times): a ticker asks for a 1 ms sleep again and again, and the lag
+  is how late each wake-up came (max, 99th percentile, median), beside the same ticker on
+  an idle loop and while the same starts and stops run (sync) in *another* process: the
+  lag the machine itself imposes (its CPUs busy with the fork-server, launchers and new
+  PID 1s), which no design of the async face can go below.  The async rows come twice:
+  with the helper process (the default, ``instancelib.offload``) and with the work on
+  worker threads of the caller's process (``INSTANCELIB_AIO_HELPER=0``), whose GIL the
+  loop's thread then waits for;
+- with each, the longest any one callback ran on the loop's thread, in that thread's CPU
+  time (``time.thread_time``: the work a call does there; the wall-clock lag above also
+  counts waiting for the GIL and for a CPU);
 - min / median / max over ``-n`` calls of ``exec(["true"])`` and ``stats()``, sync and
   awaited, and the difference of the medians (the async face's overhead per call).
 
 Run as root or as an ordinary user:
-    python3 benchmarks/aio.py [-n 50] [--count 20]
+    python3 benchmarks/aio.py [-n 50] [--count 20] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from instancelib import Image, Instance, InstanceRegistry
+from instancelib import Image, Instance, InstanceRegistry, offload
 from instancelib.aio import AsyncInstance
 from instancelib.build.busybox import make_busybox_rootfs
 
@@ -65,7 +69,7 @@ def summary(lags: list[float]) -> str:
 
 ELSEWHERE = """
 import sys
-from instancelib import Image, Instance, InstanceRegistry
+from instancelib import Image, Instance, InstanceRegistry, offload
 registry = InstanceRegistry(sys.argv[2])
 Instance.start(Image(sys.argv[1]), "warm-elsewhere", registry=registry).stop()
 print("ready", flush=True)
@@ -117,33 +121,59 @@ class CallbackClock:
                 clock.count += 1
                 clock.longest = max(clock.longest, time.thread_time() - began)
 
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
 
 
-async def lag_table(image: Image, registry: InstanceRegistry, count: int) -> list[str]:
-    idle, _ = await lag_during(lambda: asyncio.sleep(0.5))
-    elsewhere = await lag_elsewhere(image, registry, count)
-    started: list[AsyncInstance] = []
-
-    async def starts() -> None:
-        started.extend(await asyncio.gather(*(
-            AsyncInstance.start(image, f"lag{i}", registry=registry) for i in range(count))))
-
+async def lag_rounds(image: Image, registry: InstanceRegistry, count: int,
+                     rounds: int) -> tuple[list[float], list[float], CallbackClock]:
+    """The loop's lag during ``rounds`` of ``count`` starts at once and their stops."""
+    during_starts: list[float] = []
+    during_stops: list[float] = []
     with CallbackClock() as clock:
-        during_starts, _ = await lag_during(starts)
-        during_stops, _ = await lag_during(
-            lambda: asyncio.gather(*(instance.stop() for instance in started)))
-    return [f"| longest callback on the loop's thread during the {count} starts and stops "
-            f"(thread CPU time; {clock.count} callbacks) | {clock.longest * 1000:.2f} | | | |",
-            f"| idle loop (0.5 s) | {summary(idle)} |",
-            f"| peer: {count} starts and stops (sync) in another process | "
-            f"{summary(elsewhere)} |",
-            f"| {count} starts at once | {summary(during_starts)} |",
-            f"| their {count} stops at once | {summary(during_stops)} |"]
+        for _ in range(rounds):
+            lags, started = await lag_during(lambda: asyncio.gather(*(
+                AsyncInstance.start(image, f"lag{i}", registry=registry)
+                for i in range(count))))
+            during_starts += lags
+            lags, _ = await lag_during(
+                lambda: asyncio.gather(*(instance.stop() for instance in started)))  # noqa: B023
+            during_stops += lags
+    return during_starts, during_stops, clock
+
+
+async def helper_ready(image: Image, registry: InstanceRegistry) -> None:
+    """One start and stop (the first starts the helper), then until the helper answers."""
+    await (await AsyncInstance.start(image, "warm-async", registry=registry)).stop()
+    for _ in range(500):
+        if offload.ready():
+            return
+        await asyncio.sleep(0.01)
+    raise SystemExit("the async face's helper process did not come up in 5 s")
+
+
+async def lag_table(image: Image, registry: InstanceRegistry, count: int,
+                    rounds: int) -> list[str]:
+    idle, _ = await lag_during(lambda: asyncio.sleep(0.5))
+    elsewhere: list[float] = []
+    for _ in range(rounds):
+        elsewhere += await lag_elsewhere(image, registry, count)
+    lines = [f"| idle loop (0.5 s) | {summary(idle)} |",
+             f"| peer: {count} starts and stops (sync) in another process | "
+             f"{summary(elsewhere)} |"]
+    await helper_ready(image, registry)
+    for label, helper in (("helper process", "1"), ("threads, INSTANCELIB_AIO_HELPER=0", "0")):
+        os.environ["INSTANCELIB_AIO_HELPER"] = helper
+        starts, stops, clock = await lag_rounds(image, registry, count, rounds)
+        lines += [f"| {label}: {count} starts at once | {summary(starts)} |",
+                  f"| {label}: their {count} stops at once | {summary(stops)} |",
+                  f"| {label}: longest callback on the loop's thread (thread CPU time, ms; "
+                  f"{clock.count} callbacks) | {clock.longest * 1000:.2f} | | | |"]
+    del os.environ["INSTANCELIB_AIO_HELPER"]
+    return lines
 
 
 def timed_sync(action: Callable[[], object], rounds: int) -> list[float]:
@@ -186,19 +216,19 @@ async def overhead_table(instance: Instance, rounds: int) -> list[str]:
     return rows
 
 
-async def amain(rounds: int, count: int) -> int:
+async def amain(rounds: int, count: int, repeats: int) -> int:
     with tempfile.TemporaryDirectory(prefix="instancelib-bench-aio-") as tmp:
         image = Image(make_busybox_rootfs(Path(tmp) / "image"))
         registry = InstanceRegistry(Path(tmp) / "registry")
         try:
             Instance.start(image, "warm", registry=registry).stop()  # the fork-server
-            lags = await lag_table(image, registry, count)
+            lags = await lag_table(image, registry, count, repeats)
             instance = Instance.start(image, "calls", registry=registry)
             calls = await overhead_table(instance, rounds)
             instance.stop()
         finally:
             registry.stop(force=True)
-    print("| event-loop lag, ms (1 ms ticker) | max | p99 | median | ticks |")
+    print(f"| event-loop lag, ms (1 ms ticker; {repeats} rounds) | max | p99 | median | ticks |")
     print("|---|---:|---:|---:|---:|")
     print("\n".join(lags))
     print()
@@ -212,8 +242,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-n", type=int, default=50, help="calls per row (default 50)")
     parser.add_argument("--count", type=int, default=20, help="starts at once (default 20)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of starts and stops per row (default 3)")
     args = parser.parse_args()
-    return asyncio.run(amain(args.n, args.count))
+    return asyncio.run(amain(args.n, args.count, args.rounds))
 
 
 if __name__ == "__main__":

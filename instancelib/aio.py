@@ -2,8 +2,9 @@
 
 As httpx has ``Client`` and ``AsyncClient``, instancelib has ``Instance`` and
 ``AsyncInstance``: the same methods, awaited.  Nothing is re-implemented:
-a call that must block (a start, a stop, a stats reading) runs the sync core
-in a worker thread; what waits on the kernel is awaited on the event loop
+starts and stops run the sync core in a helper process (``offload``: their
+Python work holds another interpreter's GIL), other calls that must block (a
+stats reading, an exec) in a worker thread; what waits on the kernel is awaited on the event loop
 itself (the end of PID 1 through its pidfd, a command's pipes and status,
 a followed log), so no call holds the loop.  Cancelling a call undoes what
 it began: a cancelled ``start`` stops the instance it was starting, a
@@ -33,6 +34,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
+from instancelib import offload
 from instancelib.cgroups import Stats
 from instancelib.errors import NotFound, Timeout
 from instancelib.foreground import Image
@@ -40,8 +42,10 @@ from instancelib.image import Image as BaseImage
 from instancelib.instance import Instance
 from instancelib.logs import FOLLOW_POLL, LogReader, check_tail
 from instancelib.process import ExecResult, InstanceProcess
+from instancelib.records import InstanceRecords
 from instancelib.registry import InstanceRegistry
 from instancelib.starting import ABANDON
+from instancelib.stopping import release_ended
 
 __all__ = ["AsyncInstance", "AsyncInstanceRegistry"]
 
@@ -117,6 +121,17 @@ def _offload(function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.F
     return asyncio.wrap_future(_WORKERS.submit(context.run, function, *args, **kwargs))
 
 
+async def _helped(future: concurrent.futures.Future[T]) -> T:
+    """The helper's answer; a cancellation waits for it (a stop is not undone) and goes on."""
+    task = asyncio.wrap_future(future)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(task)
+        raise
+
+
 async def _thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking core call in a worker thread; a cancellation waits for it to end
     (the call itself cannot be interrupted) and then goes on."""
@@ -149,6 +164,14 @@ class _Starting:
             await self._started.stop()
 
     async def _start(self) -> AsyncInstance:
+        if _by_helper(self._options):
+            registry = self._options.get("registry")
+            spec = offload.registry_spec(registry)
+            options = {key: value for key, value in self._options.items() if key != "registry"}
+            sent = None if spec is None else offload.call(
+                "start", (self._image, self._name, spec, options))
+            if sent is not None:
+                return await _started_by_helper(*sent, registry)
         abandon = threading.Event()
         token = ABANDON.set(abandon)  # the worker thread gets a copy of this context
         try:
@@ -172,6 +195,39 @@ async def _undo(task: asyncio.Future[Instance]) -> None:
     except Exception:  # the start failed by itself: its own clean-up ran
         return
     await _offload(instance.stop, force=True)
+
+
+def _by_helper(options: Mapping[str, Any]) -> bool:
+    """Whether a start may run in the helper process (see ``offload``): not one that names
+    its caller, and only once the helper answers (the first call starts it)."""
+    if options.get("end_with_caller") or options.get("cgroup_parent") == "caller":
+        return False
+    return offload.available(_WORKERS.submit)
+
+
+async def _started_by_helper(future: concurrent.futures.Future[Any], number: int,
+                             registry: Any) -> AsyncInstance:
+    task = asyncio.wrap_future(future)
+    if registry is None:
+        registry = InstanceRecords(on_ended=release_ended)  # as Instance.start's default
+
+    def instance(record: Any) -> AsyncInstance:
+        return AsyncInstance(Instance._from_record(record, registry))
+
+    try:
+        return instance(await asyncio.shield(task))
+    except asyncio.CancelledError:
+        offload.abandon(number)  # as the thread's: the readiness wait ends, the start is undone
+
+        async def undo() -> None:
+            try:
+                started = instance(await task)
+            except Exception:  # the start failed by itself: its own clean-up ran
+                return
+            await started.stop(force=True)
+
+        await asyncio.shield(undo())
+        raise
 
 
 class AsyncInstance:
@@ -274,7 +330,13 @@ class AsyncInstance:
                                timeout=timeout, text=text)
 
     async def stop(self, **options: Any) -> None:
-        """``Instance.stop`` (same options), in a worker thread."""
+        """``Instance.stop`` (same options), in the helper process or a worker thread."""
+        spec = offload.registry_spec(self.sync.registry)
+        if spec is not None and offload.available(_WORKERS.submit):
+            sent = offload.call("stop", (spec, self.sync._record, options))
+            if sent is not None:
+                await _helped(sent[0])
+                return
         await _thread(self.sync.stop, **options)
 
     async def kill(self, signal: int = signals.SIGKILL) -> None:
@@ -365,6 +427,11 @@ class AsyncInstanceRegistry:
         return AsyncInstance(await _thread(self.sync.get, name))
 
     async def stop(self, pattern: str = "*", **options: Any) -> builtins.list[str]:
+        spec = offload.registry_spec(self.sync)
+        if spec is not None and spec[0] == "registry" and offload.available(_WORKERS.submit):
+            sent = offload.call("stop_pattern", (spec, pattern, options))
+            if sent is not None:
+                return builtins.list(await _helped(sent[0]))
         return builtins.list(await _thread(self.sync.stop, pattern, **options))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from instancelib import Image, Instance, InstanceRegistry
+from instancelib import Image, Instance, InstanceRegistry, offload
 from instancelib.build.busybox import make_busybox_rootfs
 from instancelib.linux import client
 from tests.helpers import (
@@ -54,6 +54,7 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     loops_before = loop_devices()
     cgroups_before = our_cgroups()
     yield
+    offload.shutdown()
     client._shutdown()
     deadline = time.monotonic() + 5
     leftover = instance_processes() - processes_before
