@@ -58,7 +58,10 @@ class InstanceError(Exception):
         detail: extra text, e.g. the tail of the service's stderr.
         named: the message names the instance itself, in Singularity's words
             ("instance NAME already exists"): no ``instance 'NAME':`` prefix.
+        worker: the Dask worker (its address) where it happened (``instancelib.dask``).
     """
+
+    worker: str | None = None
 
     def __init__(
         self,
@@ -84,6 +87,8 @@ class InstanceError(Exception):
 
     def __str__(self) -> str:
         parts = []
+        if self.worker is not None:
+            parts.append(f"on worker {self.worker}: ")
         if self.name is not None and not self.named:
             parts.append(f"instance {self.name!r}: ")
         if self.step is not None:
@@ -99,7 +104,7 @@ class InstanceError(Exception):
 
     def __repr__(self) -> str:
         fields = [repr(self.message)]
-        for key in ("name", "pid", "path", "errno", "step"):
+        for key in ("name", "pid", "path", "errno", "step", "worker"):
             value = getattr(self, key)
             if value is not None:
                 fields.append(f"{key}={value!r}")
