@@ -11,6 +11,7 @@ The public API, re-exported from the modules that define it::
 from __future__ import annotations
 
 from instancelib.errors import BuildError as BuildError
+from instancelib.errors import ClusterError as ClusterError
 from instancelib.errors import DefinitionError as DefinitionError
 from instancelib.errors import ExecError as ExecError
 from instancelib.errors import ImageError as ImageError
@@ -95,6 +96,7 @@ __all__ = [
     "BuildError",
     "BuildProgress",
     "CgroupInfo",
+    "ClusterError",
     "CommandProbe",
     "Definition",
     "DefinitionError",

@@ -19,7 +19,8 @@ message from them::
     ├── Timeout (also TimeoutError)          a bounded wait ran out
     ├── PermissionDenied (also PermissionError)
     ├── Unsupported                          the kernel or host lacks a feature
-    └── RegistryError                        the registry on disk is unusable
+    ├── RegistryError                        the registry on disk is unusable
+    └── ClusterError                         a Dask cluster cannot be reached
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 
 __all__ = [
     "BuildError",
+    "ClusterError",
     "DefinitionError",
     "ExecError",
     "ImageError",
@@ -173,6 +175,10 @@ class Unsupported(InstanceError):
 
 class RegistryError(InstanceError):
     """The instance registry on disk cannot be used (bad permissions, not a directory)."""
+
+
+class ClusterError(InstanceError):
+    """A Dask cluster (``instancelib.dask``) cannot be reached or has no such worker."""
 
 
 for _cls in (

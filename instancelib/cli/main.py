@@ -126,6 +126,8 @@ _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = 
     ("build", None): (_module("image_commands"), "build_command"),
     ("inspect", None): (_module("image_commands"), "inspect_command"),
     ("alias", None): (_module("alias"), "alias_command"),
+    ("cluster", "list"): (_module("cluster_commands"), "cluster_list"),
+    ("cluster", "stop"): (_module("cluster_commands"), "cluster_stop"),
 }
 
 
@@ -162,8 +164,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     log.setLevel(logging.DEBUG if args.debug else VERBOSE if args.verbose
                  else logging.ERROR if args.silent
                  else logging.WARNING if args.quiet else logging.INFO)
-    load, function = _COMMANDS[(args.command, getattr(args, "instance_command", None))]
-    if (args.command, getattr(args, "instance_command", None)) in _STARTING:
+    verb = (args.command, getattr(args, "instance_command", None)
+            or getattr(args, "cluster_command", None))
+    load, function = _COMMANDS[verb]
+    if verb in _STARTING:
         from instancelib import warmup  # noqa: PLC0415 (only for the verbs that start)
 
         warmup.begin()  # the fork-server and a spare get ready while the verb's imports run

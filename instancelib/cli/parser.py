@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from instancelib.errors import InvalidArgument
 
@@ -101,6 +101,8 @@ def build_parser(prog: str = "instancelib", version: str = "") -> argparse.Argum
                             "the instance ends or Ctrl-C)")
     stats.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     stats.add_argument("name", metavar="NAME")
+
+    _add_cluster(commands)
 
     sif = commands.add_parser("sif", help="show what a SIF file holds (as siftool does)")
     sif_commands = sif.add_subparsers(dest="sif_command", required=True, metavar="SUBCOMMAND")
@@ -342,3 +344,27 @@ def _networks(args: argparse.Namespace) -> list[str] | None:
     if args.net or args.network_args:
         return ["bridge"]
     return None
+
+
+def _add_cluster(commands: Any) -> None:
+    """``cluster list|stop``: instances across a Dask cluster (``instancelib[dask]``)."""
+    cluster = commands.add_parser("cluster", help="instances across a Dask cluster "
+                                  "(the instancelib[dask] extra)")
+    verbs = cluster.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
+    listing = verbs.add_parser("list", help="list the instances of every worker")
+    stop = verbs.add_parser("stop", help="stop instances on every worker")
+    for verb in (listing, stop):
+        verb.add_argument("--scheduler", metavar="ADDR",
+                          help="the Dask scheduler (default $DASK_SCHEDULER_ADDRESS)")
+        verb.add_argument("--answer-timeout", type=float, default=10.0, metavar="S",
+                          help="seconds each worker has to answer (default 10)")
+    listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
+    listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
+    stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
+    stop.add_argument("-s", "--signal", default="SIGINT",
+                      help="signal to send (name or number; default SIGINT)")
+    stop.add_argument("-t", "--timeout", type=float, default=10.0,
+                      help="seconds before SIGKILL (default 10)")
+    stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
+    stop.add_argument("pattern", nargs="?", metavar="PATTERN")
+

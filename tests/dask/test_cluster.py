@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from instancelib import (  # noqa: E402
     StartError,
     Unsupported,
 )
+from instancelib.build.busybox import make_busybox_rootfs  # noqa: E402
 from tests.helpers import instance_processes  # noqa: E402
 
 DEADLINE = 60  # seconds any wait on the cluster may take
@@ -29,7 +33,7 @@ DEADLINE = 60  # seconds any wait on the cluster may take
 
 def local_cluster(**options):
     return distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                    dashboard_address=None, **options)
+                                    host="127.0.0.1", dashboard_address="127.0.0.1:0", **options)
 
 
 def wait_for(condition, what):
@@ -79,7 +83,6 @@ def client(shared_cluster, dask_home, left_nothing):
 
 @pytest.fixture(scope="module")
 def module_image(tmp_path_factory):
-    from instancelib.build.busybox import make_busybox_rootfs
     return str(make_busybox_rootfs(tmp_path_factory.mktemp("dask-image") / "image"))
 
 
@@ -227,3 +230,51 @@ def test_a_killed_worker_is_reported_and_its_instances_stay_manageable(
         local.stop()
         assert not alive(started[0].pid)
         cluster.stop(client)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "instancelib", *args], capture_output=True,
+                          text=True, timeout=120, env=env, check=False)
+
+
+def test_cluster_list_and_stop_on_the_command_line(client, module_image):
+    address = client.scheduler.address
+    started = cluster.start(client, module_image, "cli", replicas=2)
+    listed = cli("cluster", "list", "--scheduler", address)
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = listed.stdout.splitlines()
+    assert header.split() == ["INSTANCE", "NAME", "PID", "IP", "WORKER", "HOST", "IMAGE"]
+    assert sorted(line.split()[0] for line in lines) == ["cli-0", "cli-1"]
+    for row in started:
+        line = next(line for line in lines if line.startswith(row.name + " "))
+        assert line.split()[1:] == [str(row.pid), row.worker, row.host, module_image]
+    as_json = cli("cluster", "list", "--json", "--scheduler", address, "cli-1")
+    document = json.loads(as_json.stdout)
+    assert [i["instance"] for i in document["instances"]] == ["cli-1"]
+    assert document["instances"][0]["worker"] == started[1].worker
+    assert document["unreachable"] == {}
+    stopped = cli("cluster", "stop", "--scheduler", address, "cli-*")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "Stopped cli-0 instance" in stopped.stderr and "Stopped cli-1 instance" in \
+        stopped.stderr
+    assert cluster.list(client) == []
+    again = cli("cluster", "stop", "--scheduler", address, "cli-*")
+    assert (again.returncode, again.stderr.strip()) == (
+        255, "FATAL:   no instance found with name cli-*")
+
+
+def test_the_command_line_says_what_is_wrong_in_one_line():
+    unreachable = cli("cluster", "list", "--scheduler", "tcp://127.0.0.1:9",
+                      "--answer-timeout", "2")
+    assert unreachable.returncode == 255
+    assert unreachable.stderr.startswith("FATAL:   cannot reach the Dask scheduler at "
+                                         "tcp://127.0.0.1:9")
+    assert "Traceback" not in unreachable.stderr
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    nameless = cli("cluster", "list", env=env)
+    assert (nameless.returncode, nameless.stderr.splitlines()) == (
+        255, ["FATAL:   name the Dask scheduler: --scheduler ADDR (or set "
+              "DASK_SCHEDULER_ADDRESS)"])
