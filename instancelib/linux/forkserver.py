@@ -145,6 +145,11 @@ class _Server:
         self.sock = sock
         self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, _noop)
+        # A batch system or a service manager ending the caller's process tree (Slurm's
+        # scancel, systemctl stop) signals the server too: it cleans up (its spare and
+        # the spare's cgroups) and exits, as when its caller closes the socket.
+        for ending in _ENDING:
+            signal.signal(ending, _noop)
         signal.set_wakeup_fd(self.wake_write, warn_on_full_buffer=False)
         self.spare: _Spare | None = None
         self.poller = select.poll()
@@ -187,9 +192,12 @@ class _Server:
         while True:
             for fd, _events in self.poller.poll():
                 if fd == self.wake_read:
+                    woken = b""
                     with contextlib.suppress(BlockingIOError):
-                        os.read(self.wake_read, 4096)
+                        woken = os.read(self.wake_read, 4096)
                     _reap_children()
+                    if any(number in _ENDING for number in woken):
+                        return
                 elif self.spare is not None and fd == self.spare.sock.fileno():
                     self.poller.unregister(fd)
                     self.spare.receive_report()
@@ -314,7 +322,8 @@ class _Server:
         if pid == 0:
             # Nothing of the server survives in the child but the received fds.
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for number in (signal.SIGCHLD, *_ENDING):
+                signal.signal(number, signal.SIG_DFL)
             os.close(self.wake_read)
             os.close(self.wake_write)
             self.sock.close()
@@ -323,6 +332,9 @@ class _Server:
             for handed in self.handed.values():
                 handed.sock.close()
         return pid
+
+
+_ENDING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _noop(_signum: int, _frame: object) -> None:
