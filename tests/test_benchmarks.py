@@ -47,3 +47,12 @@ def test_the_async_benchmark_runs_and_prints_its_tables():
     assert "| helper process: 3 starts at once |" in result.stdout
     assert "| threads, INSTANCELIB_AIO_HELPER=0: their 3 stops at once |" in result.stdout
     assert "| overhead of the async face (medians) |" in result.stdout
+
+
+def test_the_cluster_benchmark_runs_and_prints_its_table():
+    pytest.importorskip("distributed", reason="the test extra brings distributed")
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "cluster.py"), "--count", "4",
+                             "-n", "2"], capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| cluster-wide `instancelib.dask.list` of 4 (min / median / max) |" in result.stdout
