@@ -247,27 +247,37 @@ def start(client: Any, image: Any, name: str, *, workers: Iterable[str] | None =
     if not candidates:
         raise StartError("the cluster has no workers", name=name)
     chosen = _placement(client, candidates, replicas, wanted)
-    results: builtins.list[Any] = [None] * replicas
+    batches: dict[str, builtins.list[str]] = {}
+    for address, replica in zip(chosen, names, strict=True):
+        batches.setdefault(address, []).append(replica)
+    timeout = float(start_options.get("timeout", 30.0))
+    rows: dict[str, ClusterInstance] = {}
     failures: builtins.list[InstanceError] = []
 
-    def one(index: int) -> None:
+    def on(address: str) -> None:
+        batch = batches[address]
         try:
-            results[index] = _one(client, chosen[index], side.op_start, path, names[index],
-                                  dict(start_options), wanted,
-                                  timeout=float(start_options.get("timeout", 30.0)) + 30)
+            done = _one(client, address, side.op_start, path, batch, dict(start_options),
+                        wanted, timeout=timeout * len(batch) + 30)
         except InstanceError as err:
             failures.append(err)
+            return
+        for kind, value in done:
+            if kind == "ok":
+                rows[value.name] = value
+            else:
+                failures.append(value)
 
-    threads = [threading.Thread(target=one, args=(i,), name="instancelib-dask-start")
-               for i in range(replicas)]
+    threads = [threading.Thread(target=on, args=(address,), name="instancelib-dask-start")
+               for address in batches]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    started = [r for r in results if r is not None]
-    if failures:
+    started = [rows[n] for n in names if n in rows]
+    if failures or len(started) != replicas:
         _stop_rows(client, started)
-        raise failures[0]
+        raise failures[0] if failures else StartError("not every replica started", name=name)
     _note_seen(client, started, [])
     return ClusterList(started)
 

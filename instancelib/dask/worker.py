@@ -300,9 +300,11 @@ async def op_usage(dask_worker: Any) -> tuple[str, Any]:
         "total": total_resources(dask_worker)})
 
 
-async def op_start(image: str, name: str, options: dict[str, Any], resources: dict[str, float],
-                   dask_worker: Any) -> tuple[str, Any]:
-    def start(home: WorkerHome) -> ClusterInstance:
+async def op_start(image: str, names: builtins.list[str], options: dict[str, Any],
+                   resources: dict[str, float], dask_worker: Any) -> tuple[str, Any]:
+    """Start ``image`` as each of ``names``, one after another, until one fails: a row or
+    an error (its worker set) for each name tried."""
+    def start_one(home: WorkerHome, name: str) -> ClusterInstance:
         if "://" not in image and not os.path.exists(image):
             raise ImageError("the image is not on this worker's filesystem (is the path on a "
                              "filesystem the workers share?)", path=image, name=name)
@@ -314,6 +316,17 @@ async def op_start(image: str, name: str, options: dict[str, Any], resources: di
             if resources:
                 home.claims[name] = dict(resources)
         return _row(instance, home)
+
+    def start(home: WorkerHome) -> builtins.list[tuple[str, Any]]:
+        done: builtins.list[tuple[str, Any]] = []
+        for name in names:
+            try:
+                done.append(("ok", start_one(home, name)))
+            except InstanceError as err:
+                err.worker = dask_worker.address
+                done.append(("error", err))
+                break
+        return done
     return await _answer(dask_worker, start)
 
 
