@@ -121,27 +121,25 @@ def _offload(function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.F
     return asyncio.wrap_future(_WORKERS.submit(context.run, function, *args, **kwargs))
 
 
-async def _helped(future: concurrent.futures.Future[T]) -> T:
-    """The helper's answer; a cancellation waits for it (a stop is not undone) and goes on."""
-    task = asyncio.wrap_future(future)
+async def _settled(task: asyncio.Future[T]) -> T:
+    """``task``'s result; a cancellation waits for it to end (a core call cannot be
+    interrupted, and a stop is not undone) and then goes on."""
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         with contextlib.suppress(BaseException):
             await asyncio.shield(task)
         raise
+
+
+async def _helped(future: concurrent.futures.Future[T]) -> T:
+    """The helper process's answer (see ``_settled``)."""
+    return await _settled(asyncio.wrap_future(future))
 
 
 async def _thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking core call in a worker thread; a cancellation waits for it to end
-    (the call itself cannot be interrupted) and then goes on."""
-    task = _offload(function, *args, **kwargs)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(task)
-        raise
+    """Run a blocking core call in a worker thread (see ``_settled``)."""
+    return await _settled(_offload(function, *args, **kwargs))
 
 
 class _Starting:

@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import itertools
+import json
 import logging
 import os
 import pickle
@@ -76,8 +77,6 @@ class _Helper:
     def __init__(self) -> None:
         ours, theirs = wire.socketpair()
         path = [entry or os.getcwd() for entry in sys.path]
-        import json  # noqa: PLC0415 (only here)
-
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, json.dumps(path), str(theirs.fileno())],

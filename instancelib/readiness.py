@@ -2,27 +2,34 @@
 
 ``Instance.start(..., ready=...)`` accepts:
 
-- ``("tcp", port)`` or ``TcpProbe(port, host="127.0.0.1")``: a TCP connect succeeds;
+- ``("tcp", port)`` or ``TcpProbe(port, host="127.0.0.1")``: the instance listens on the
+  port: a listening socket of one of its own processes (on the host's network), or one in
+  its own network namespace.  Another program listening on that port (the instance's
+  server having died with "Address already in use") does not count;
 - ``("file", path)`` or ``FileProbe(path)``: ``path`` exists inside the instance;
-- a command (``["pg_isready"]`` or ``CommandProbe(argv)``): it exits 0 inside;
+- a command, as a list (``["pg_isready"]`` or ``CommandProbe(argv)``): it exits 0 inside;
+  while it fails, its last output goes into the timeout's error;
 - any callable taking the ``Instance`` and returning a bool.
+
+A two-item tuple is always ``(kind, value)``: an unknown kind is an error naming the kinds,
+never a command to run.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union
 
 import attrs
 
 from instancelib.errors import InvalidArgument
-from instancelib.linux import pathwalk
+from instancelib.linux import pathwalk, sockets
 
 if TYPE_CHECKING:
     from instancelib.instance import Instance
 
-__all__ = ["CommandProbe", "FileProbe", "Probe", "ReadySpec", "TcpProbe", "as_probe"]
+__all__ = ["CommandProbe", "FileProbe", "Probe", "ReadySpec", "TcpProbe", "as_probe",
+           "failure_of"]
 
 
 class Probe(Protocol):
@@ -38,15 +45,21 @@ def _port(_instance: object, _attribute: attrs.Attribute[int], value: int) -> No
 
 @attrs.frozen
 class TcpProbe:
-    """Ready when a TCP connection to ``host:port`` succeeds."""
+    """Ready when the instance listens on ``port`` (on ``host`` or on every address): a
+    listening socket in the instance's own network namespace, or, on the host's network,
+    one that a process of the instance holds."""
 
     port: int = attrs.field(validator=_port)
     host: str = "127.0.0.1"
 
     def check(self, instance: Instance, timeout: float) -> bool:
         try:
-            with socket.create_connection((self.host, self.port), timeout=min(timeout, 1.0)):
-                return True
+            listening = sockets.listening(instance.pid, self.port, self.host)
+            if not listening:
+                return False
+            if sockets.own_network(instance.pid):
+                return True  # nothing but the instance's processes listen in its namespace
+            return bool(listening & sockets.held_by_namespace_of(instance.pid))
         except OSError:
             return False
 
@@ -83,9 +96,20 @@ class CommandProbe:
     """Ready when ``argv`` run inside the instance exits with status 0."""
 
     argv: tuple[str, ...] = attrs.field(converter=_argv)
+    # The last failing run's exit status and output (for the timeout's error).
+    _last: list[str] = attrs.field(factory=list, init=False, eq=False, repr=False)
 
     def check(self, instance: Instance, timeout: float) -> bool:
-        return instance.exec(list(self.argv), timeout=max(timeout, 0.1), text=False).ok
+        result = instance.exec(list(self.argv), timeout=max(timeout, 0.1))
+        if not result.ok:
+            output = (result.stdout + result.stderr).strip()[-_OUTPUT_MAX:]
+            self._last[:] = [f"the probe {list(self.argv)} ended with exit status "
+                             f"{result.returncode}" + (f":\n{output}" if output else "")]
+        return result.ok
+
+    def failure(self) -> str | None:
+        """What the last failing run said, if it failed."""
+        return self._last[0] if self._last else None
 
 
 class _CallableProbe:
@@ -94,6 +118,16 @@ class _CallableProbe:
 
     def check(self, instance: Instance, timeout: float) -> bool:
         return bool(self.function(instance))
+
+
+_KINDS: dict[str, Callable[[Any], Probe]] = {"tcp": TcpProbe, "file": FileProbe}
+_OUTPUT_MAX = 4096  # characters of a failing command probe's output kept
+
+
+def failure_of(probe: Probe) -> str | None:
+    """What a probe's last failing check said (a command's output), if it says."""
+    explain = getattr(probe, "failure", None)
+    return explain() if callable(explain) else None
 
 
 ReadySpec: TypeAlias = Union[  # noqa: UP007 (a runtime alias: "|" fails on a string forward ref)
@@ -109,8 +143,12 @@ def as_probe(spec: Any) -> Probe:
     """
     if isinstance(spec, (TcpProbe, FileProbe, CommandProbe)):
         return spec
-    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] in ("tcp", "file"):
-        return TcpProbe(spec[1]) if spec[0] == "tcp" else FileProbe(spec[1])
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
+        if spec[0] not in _KINDS:
+            raise InvalidArgument(f"unknown probe kind {spec[0]!r}: the kinds are "
+                                  f"{', '.join(_KINDS)} (a command is a list: "
+                                  f"[{spec[0]!r}, ...])")
+        return _KINDS[spec[0]](spec[1])
     if isinstance(spec, (list, tuple)):
         return CommandProbe(spec)
     if hasattr(spec, "check"):

@@ -50,7 +50,7 @@ from instancelib.network import attach as network_attach
 from instancelib.network import portmaps
 from instancelib.options import StartOptions
 from instancelib.pidfile import PidFile
-from instancelib.readiness import Probe
+from instancelib.readiness import Probe, failure_of
 from instancelib.records.directory import InstanceRecords
 from instancelib.records.record import InstanceRecord
 from instancelib.stopping import KILL_GRACE, release_ended
@@ -446,9 +446,10 @@ class Launch:
                                      detail=tail_since(err_path, err_offset))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    said = [failure_of(probe), tail_since(err_path, err_offset)]
                     raise StartTimeout(f"the service was not ready within the timeout "
                                        f"({probe!r})", name=instance.name,
-                                       detail=tail_since(err_path, err_offset))
+                                       detail="\n".join(t for t in said if t) or None)
                 if selector.select(min(delay, remaining)):
                     self._note_service_exit(instance, err_path, err_offset)
                 delay = min(delay * 2, 0.1)

@@ -87,3 +87,49 @@ def test_probe_objects_compare_and_convert():
     assert as_probe(("tcp", 80)) == TcpProbe(80)
     assert as_probe(("file", "/x")) == FileProbe("/x")
     assert as_probe(["a", "b"]) == CommandProbe(("a", "b"))
+
+
+# -- a probe means this instance's service ------------------------------------------------------
+
+
+def test_another_programs_listener_does_not_make_the_instance_ready(make_image, start,
+                                                                    registry):
+    """The instance's server died ("Address already in use"): the port answers, not for it."""
+    port = free_port()
+    with socket.socket() as squatter:  # this test's own listener on the host's loopback
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        image = make_image(startscript=f"#!/bin/sh\nhttpd -f -p 127.0.0.1:{port} -h /etc\n"
+                                       "exec sleep 1000\n")
+        with pytest.raises(StartTimeout):
+            start(image, "squatted", ready=("tcp", port), timeout=1)
+    assert registry.list() == []
+
+
+def test_a_listener_inside_its_own_network_namespace_is_the_instances(make_image, start):
+    port = free_port()
+    with socket.socket() as squatter:  # the host's 127.0.0.1:port is taken, the instance's not
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        image = make_image(startscript=f"#!/bin/sh\nsleep 0.2\n"
+                                       f"exec httpd -f -p 127.0.0.1:{port} -h /etc\n")
+        instance = start(image, "own-net", network="none", ready=("tcp", port), timeout=10)
+        assert instance.exec(["sh", "-c", f"netstat -ltn | grep -c :{port}"]).stdout == "1\n"
+
+
+@pytest.mark.parametrize("typo", [("http", 80), ("tpc", 8080), ("htpp", "x"), ("File", "/x")])
+def test_an_unknown_probe_kind_names_the_kinds_and_runs_nothing(typo, make_image, start,
+                                                                 registry):
+    before = instance_processes()
+    with pytest.raises(InvalidArgument, match=r"unknown probe kind .*: the kinds are tcp, "
+                                              r"file .*a command is a list"):
+        start(make_image(), "typo", ready=typo)
+    assert registry.list() == [] and instance_processes() - before == set()
+
+
+def test_a_failing_command_probes_output_is_in_the_timeout_error(make_image, start):
+    with pytest.raises(StartTimeout) as caught:
+        start(make_image(), "probed",
+              ready=["sh", "-c", "echo connection refused on 5432 >&2; exit 2"], timeout=1)
+    assert "connection refused on 5432" in (caught.value.detail or "")
+    assert "exit status 2" in (caught.value.detail or "")

@@ -85,13 +85,7 @@ def build_parser(prog: str = "instancelib", version: str = "") -> argparse.Argum
 
     stop = instance_commands.add_parser("stop", help="stop named instances")
     stop.add_argument("-u", "--user", help="another user's instances (root only)")
-    stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
-    stop.add_argument("-s", "--signal", default="SIGINT",
-                      help="signal to send (name or number; default SIGINT)")
-    stop.add_argument("-t", "--timeout", type=float, default=10.0,
-                      help="seconds before SIGKILL (default 10)")
-    stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
-    stop.add_argument("pattern", nargs="?", metavar="PATTERN")
+    _add_stop_options(stop)
 
     stats = instance_commands.add_parser("stats", help="show an instance's resource use")
     stats.add_argument("-u", "--user", help="another user's instance (root only)")
@@ -360,6 +354,11 @@ def _add_cluster(commands: Any) -> None:
                           help="seconds each worker has to answer (default 10)")
     listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
+    _add_stop_options(stop)
+
+
+def _add_stop_options(stop: argparse.ArgumentParser) -> None:
+    """What ``instance stop`` and ``cluster stop`` take."""
     stop.add_argument("-a", "--all", action="store_true", help="stop every instance")
     stop.add_argument("-s", "--signal", default="SIGINT",
                       help="signal to send (name or number; default SIGINT)")
@@ -367,4 +366,3 @@ def _add_cluster(commands: Any) -> None:
                       help="seconds before SIGKILL (default 10)")
     stop.add_argument("-F", "--force", action="store_true", help="kill at once (SIGKILL)")
     stop.add_argument("pattern", nargs="?", metavar="PATTERN")
-
