@@ -43,6 +43,7 @@ from instancelib.records.directory import InstanceRecords
 from instancelib.records.record import InstanceRecord, validate_name
 from instancelib.starting import start_instance
 from instancelib.stopping import stop_instances
+from instancelib.supervision import Supervised
 from instancelib.usage import ResourceUse
 
 __all__ = ["Instance", "InstanceStatus"]
@@ -69,7 +70,7 @@ class _NoPublicConstructor(type):
         )
 
 
-class Instance(ResourceUse, metaclass=_NoPublicConstructor):
+class Instance(ResourceUse, Supervised, metaclass=_NoPublicConstructor):
     """A named instance of a container image, running in the background.
 
     Obtained from ``Instance.start`` or ``InstanceRecords.get``/``list``.
@@ -134,6 +135,7 @@ class Instance(ResourceUse, metaclass=_NoPublicConstructor):
         end_with_caller: bool = False,
         cgroup_parent: str = "instancelib",
         exist_ok: bool = False,
+        restart: str = "no",
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -187,6 +189,12 @@ class Instance(ResourceUse, metaclass=_NoPublicConstructor):
                 systemd unit's or a batch job's accounting, limits and stop
                 cover it (on cgroup v2 the caller's processes may move into
                 ``<cgroup>/supervisor``: see ``instancelib.cgroups.caller``).
+            restart: what PID 1 does when the service (the start or run script)
+                exits: ``"no"`` (stay up, idle: Singularity's way), ``"on-failure"``
+                (start it again after a non-zero exit or a death by signal;
+                ``"on-failure:N"``: at most N times) or ``"always"``.  A stop never
+                restarts it; the wait is docker's (100 ms doubling to 1 min, reset
+                after 10 s of running).  See ``restarts`` and ``service_state``.
             exist_ok: when an instance of that name runs with the same image and
                 options (those ``Instance.options`` shows, and the same ``env``),
                 return it instead of raising ``NameConflict`` (a workflow engine
@@ -212,7 +220,7 @@ class Instance(ResourceUse, metaclass=_NoPublicConstructor):
             cleanenv=cleanenv, contain=contain, hostname=hostname, pid_file=pid_file,
             ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
             network_args=network_args, dns=dns, service=service,
-            end_with_caller=end_with_caller, cgroup_parent=cgroup_parent)
+            end_with_caller=end_with_caller, cgroup_parent=cgroup_parent, restart=restart)
         return start_instance(image, name, options, registry=registry, make=cls._started,
                               exist_ok=exist_ok)
 

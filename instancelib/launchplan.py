@@ -88,6 +88,7 @@ class LaunchPlan:
     userns: dict[str, Any] | None = None
     note: str | None = None
     network: NetworkPlan = attrs.field(factory=lambda: NetworkPlan(namespace=False))
+    restart: str = "no"
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class LaunchPlan:
             "userns": self.userns,
             "note": self.note,
             "network": self.network.to_wire(),
+            "restart": self.restart,
         }
 
 
@@ -258,4 +260,5 @@ def build_launch_plan(
         userns=user_namespace,
         note=note,
         network=network,
+        restart=options.restart,
     )

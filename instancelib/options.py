@@ -23,6 +23,7 @@ from instancelib.cgroups.tree import CGROUP_PARENTS
 from instancelib.durations import seconds
 from instancelib.environment import check_args, check_env
 from instancelib.errors import InvalidArgument
+from instancelib.linux.supervisor import parse_policy
 from instancelib.network.args import PortMap, parse_network_args, split_flag_values
 from instancelib.readiness import Probe, as_probe
 
@@ -53,6 +54,16 @@ def _cgroup_parent(value: str | None) -> str:
         choices = " or ".join(map(repr, CGROUP_PARENTS))
         raise InvalidArgument(f"cgroup_parent must be {choices} (got {value!r})")
     return str(value)
+
+
+def _restart(value: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"restart must be a string such as 'on-failure:3' (got {value!r})")
+    try:
+        parse_policy(value)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from None
+    return value
 
 
 def _probe(value: Any) -> Probe | None:
@@ -130,11 +141,13 @@ class StartOptions:
     service: bool = attrs.field(default=True, converter=bool)
     end_with_caller: bool = attrs.field(default=False, converter=bool)
     cgroup_parent: str = attrs.field(default=CGROUP_PARENTS[0], converter=_cgroup_parent)
+    restart: str = attrs.field(default="no", converter=_restart)
 
     def __attrs_post_init__(self) -> None:
-        if not self.service and (self.run or self.args or self.ready is not None):
-            raise InvalidArgument("service=False runs no script: run, args and ready do "
-                                  "not apply")
+        if not self.service and (self.run or self.args or self.ready is not None
+                                 or self.restart != "no"):
+            raise InvalidArgument("service=False runs no script: run, args, ready and restart "
+                                  "do not apply")
         if self.network_args and self.network in (None, ("none",)):
             has = "no network" if self.network else "the host's network"
             raise InvalidArgument(f"network_args need a network to apply to (network=...); "
@@ -152,7 +165,8 @@ class StartOptions:
                 "network_args": [str(a) if isinstance(a, str) else f"portmap={a}"
                                  for a in self.network_args],
                 "dns": list(self.dns), "service": self.service,
-                "end_with_caller": self.end_with_caller, "cgroup_parent": self.cgroup_parent}
+                "end_with_caller": self.end_with_caller, "cgroup_parent": self.cgroup_parent,
+                "restart": self.restart}
 
     def env_digest(self) -> str:
         """A digest of ``env`` (the record keeps no values: they may be secrets), to tell

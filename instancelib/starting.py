@@ -259,8 +259,10 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         written.append(record)
         registry.publish(record, launch.env, name_lock)
         # PID 1 keeps the name's lock and a copy of its record for its whole life.
+        state_fd = registry.store.open_state(name, write=True) \
+            if options.restart != "no" else None
         launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env),
-                      end_with_caller=options.end_with_caller)
+                      end_with_caller=options.end_with_caller, state=state_fd)
         if attachments:
             holders.append((launch.init_pid, launch.starttime, name))
             network_attach.hand_over(attachments, (launch.init_pid, launch.starttime, name))
@@ -408,25 +410,33 @@ class Launch:
         """Tell PID 1 its cgroup is named and limited (and which parts it must still join)."""
         wire.send_message(self.channel, {"event": "cgroup", "procs": procs_files})
 
-    def commit(self, name_lock: int, record_copy: int, *, end_with_caller: bool = False) -> None:
+    def commit(self, name_lock: int, record_copy: int, *, end_with_caller: bool = False,
+               state: int | None = None) -> None:
         """Tell PID 1 the record is on disk: from now on it runs on its own.
 
         It gets the name's lock and a sealed copy of its record to keep (see
-        ``records.store``); ``record_copy`` is closed here.  With
-        ``end_with_caller`` it also gets a pidfd of this process, and ends the
-        instance when that becomes readable (this process has exited).
+        ``records.store``); ``record_copy`` is closed here.  ``state`` (closed
+        here) is the file where it writes its service's state (a restart
+        policy).  With ``end_with_caller`` it also gets a pidfd of this
+        process, and ends the instance when that becomes readable (this process
+        has exited).
         """
         fds = [name_lock, record_copy]
+        own = [record_copy]
+        if state is not None:
+            fds.append(state)
+            own.append(state)
         if end_with_caller:
             fds.append(os.pidfd_open(os.getpid()))
+            own.append(fds[-1])
         try:
             # Descriptors in flight are held by the kernel: the lock stays taken
             # until PID 1 has them (a recovery meanwhile waits for that).
-            wire.send_message(self.channel, {"event": "commit", "watch": end_with_caller}, fds)
+            wire.send_message(self.channel, {"event": "commit", "watch": end_with_caller,
+                                             "state": state is not None}, fds)
         finally:
-            os.close(record_copy)
-            if end_with_caller:
-                os.close(fds[2])
+            for fd in own:
+                os.close(fd)
 
     def wait_until_ready(self, instance: Instance, probe: Probe, deadline: float,
                          err_path: Path, err_offset: int) -> None:
@@ -462,7 +472,7 @@ class Launch:
             return
         if message is not None and message.get("event") == "service_exit":
             status = int(message["status"])
-            if status != 0:
+            if status != 0 and not message.get("restarting"):
                 raise StartError(f"the service exited with status {status} before it was ready",
                                  name=instance.name, detail=tail_since(err_path, err_offset))
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from instancelib.cgroups.stats import Stats
     from instancelib.cli.main import Session
 
-__all__ = ["exec_command", "instance_start", "instance_stats", "instance_stop",
+__all__ = ["exec_command", "instance_restart", "instance_start", "instance_stats", "instance_stop",
            "run_command", "shell_command", "test_command"]
 
 log = logging.getLogger("instancelib")
@@ -58,6 +58,14 @@ def instance_stop(args: argparse.Namespace, session: Session) -> int:
                  instance.pid)
     stop_instances(instances, signal=parse_signal(args.signal), timeout=args.timeout,
                    force=args.force)
+    return 0
+
+
+def instance_restart(args: argparse.Namespace, session: Session) -> int:
+    instance = session.registry().get(args.name)
+    log.info("Restarting the service of %s instance of %s (PID=%d)", instance.name,
+             instance.image.path, instance.pid)
+    instance.restart()
     return 0
 
 

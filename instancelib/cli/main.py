@@ -118,6 +118,7 @@ _COMMANDS: dict[tuple[str, str | None], tuple[Callable[[], ModuleType], str]] = 
     ("instance", "list"): (_module("listing"), "instance_list"),
     ("instance", "stop"): (_module("instance_commands"), "instance_stop"),
     ("instance", "stats"): (_module("instance_commands"), "instance_stats"),
+    ("instance", "restart"): (_module("instance_commands"), "instance_restart"),
     ("exec", None): (_module("instance_commands"), "exec_command"),
     ("run", None): (_module("instance_commands"), "run_command"),
     ("shell", None): (_module("instance_commands"), "shell_command"),

@@ -87,6 +87,11 @@ def build_parser(prog: str = "instancelib", version: str = "") -> argparse.Argum
     stop.add_argument("-u", "--user", help="another user's instances (root only)")
     _add_stop_options(stop)
 
+    restart = instance_commands.add_parser("restart", help="restart an instance's service "
+                                           "in place (same PID 1, namespaces, cgroup, address)")
+    restart.add_argument("-u", "--user", help="another user's instance (root only)")
+    restart.add_argument("name", metavar="NAME")
+
     stats = instance_commands.add_parser("stats", help="show an instance's resource use")
     stats.add_argument("-u", "--user", help="another user's instance (root only)")
     stats.add_argument("-j", "--json", action="store_true", help="print as JSON")
@@ -190,6 +195,9 @@ def _add_start_options(parser: argparse.ArgumentParser, *, foreground: bool = Fa
                             help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
         parser.add_argument("--timeout", type=float, default=30.0,
                             help="seconds the start (and readiness) may take (default 30)")
+        parser.add_argument("--restart", default="no", metavar="POLICY",
+                            help="when the service exits: no (stay up, idle; the default), "
+                                 "on-failure[:N] or always (PID 1 starts it again)")
     limits = parser.add_argument_group("resource limits (the instance's cgroup)")
     limits.add_argument("--cgroup-parent", choices=("instancelib", "caller"),
                         help="where the instance's cgroup goes: instancelib's own tree "
@@ -320,7 +328,7 @@ def start_options(args: argparse.Namespace, *, foreground: bool = False) -> Star
         arguments = arguments[1:]
     extra: dict[str, object] = {} if foreground else {
         "pid_file": args.pid_file, "ready": parse_ready(args.ready), "timeout": args.timeout,
-        "run": args.instance_command == "run"}
+        "run": args.instance_command == "run", "restart": args.restart}
     return StartOptions(
         args=arguments, writable_tmpfs=args.writable_tmpfs,
         binds=args.bind, env=parse_env(args.env, args.env_file), cleanenv=args.cleanenv,

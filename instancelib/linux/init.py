@@ -39,16 +39,26 @@ import signal
 import socket
 from typing import Any
 
-from instancelib.linux import cgroupdirs, container, envscripts, netns, procfs, syscalls, wire
+from instancelib.linux import (
+    cgroupdirs,
+    container,
+    envscripts,
+    netns,
+    procfs,
+    supervisor,
+    syscalls,
+    wire,
+)
 
-__all__ = ["run_init", "run_spare"]
+__all__ = ["RESTART_SIGNAL", "run_init", "run_spare"]
 
 STARTSCRIPT = "/.singularity.d/startscript"
 RUNSCRIPT = "/.singularity.d/runscript"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _FORWARD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT,
                     signal.SIGWINCH)
-_HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, *_FORWARD_SIGNALS)
+RESTART_SIGNAL = supervisor.RESTART_SIGNAL
+_HANDLED = (signal.SIGCHLD, *_STOP_SIGNALS, *_FORWARD_SIGNALS, RESTART_SIGNAL)
 _KEPT: list[int] = []
 _LINGER_POLL_MS = 5
 
@@ -80,6 +90,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
     has recorded us; if we die before that, the fork-server sees it close
     without a word, and cleans up after us should the caller be gone too.
     """
+    service: int | None = None
     try:
         _name_process(plan["name"], plan["user"])
         try:
@@ -116,8 +127,9 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             wire.send_message(channel, {"event": "error", **err.to_wire()})
             os._exit(1)
         finally:
-            os.close(out_fd)
-            os.close(err_fd)
+            if service is None:  # a service keeps them: it may be started again
+                os.close(out_fd)
+                os.close(err_fd)
         wire.send_message(channel, {"event": "ready", "env": env, "cwd": cwd,
                                     "service": service, "notes": report["notes"],
                                     "loop": report["loop"]})
@@ -129,9 +141,17 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             os._exit(1)
         # The name's lock and the copy of our record (see ``records.store``): kept open,
         # close-on-exec, for as long as we live.  Nothing else is done with them.
-        # A third descriptor is the caller's pidfd (end_with_caller): watched below.
-        caller = kept.pop() if answer.get("watch") and len(kept) == 3 else None
+        # Then, when the commit says so, the service's state file (a restart policy:
+        # linux.supervisor writes it) and the caller's pidfd (end_with_caller, watched).
+        caller = kept.pop() if answer.get("watch") and len(kept) >= 3 else None
+        state_fd = kept.pop() if answer.get("state") and len(kept) >= 3 else None
         _KEPT.extend(kept)
+        supervised = None
+        if service is not None:
+            policy, most = supervisor.parse_policy(plan.get("restart") or "no")
+            supervised = supervisor.Service(
+                lambda: _spawn_service(plan, env, cwd, out_fd, err_fd), service,
+                policy=policy, most=most, log_fd=err_fd, state_fd=state_fd)
         if control is not None:
             with contextlib.suppress(OSError):
                 wire.send_message(control, {"event": "committed"})
@@ -142,7 +162,7 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
                                         "message": f"{type(err).__name__}: {err}",
                                         "errno": getattr(err, "errno", None), "path": None})
         os._exit(1)
-    _supervise(wakeup, channel, service, set(report["helpers"]), caller)
+    _supervise(wakeup, channel, supervised, set(report["helpers"]), caller)
 
 
 def _open_cgroup_roots(paths: Any) -> dict[str, int]:
@@ -344,9 +364,11 @@ def _shebang(path: str) -> str | None:
     return None
 
 
-def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
-               helpers: set[int], caller: int | None = None) -> None:
-    """The resident loop: reap, forward signals, exit after a stop once all is gone.
+def _supervise(wakeup: int, channel: socket.socket | None,
+               service: supervisor.Service | None, helpers: set[int],
+               caller: int | None = None) -> None:
+    """The resident loop: reap, forward signals, restart the service by its policy, exit
+    after a stop once all is gone.
 
     ``helpers`` (squashfuse) are our children too, but do not keep us up:
     they serve the instance and end with it.  ``caller`` is a pidfd of the
@@ -363,7 +385,9 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
     stop_with_service = False  # the service was running when the stop signal came
     linger: int | None = None  # poll timeout (ms) while exec'd commands finish after a stop
     while True:
-        for fd, _events in poller.poll(linger):
+        due = service.wait() if service is not None else None
+        timeout = linger if due is None else min(linger or 60_000, int(due * 1000) + 1)
+        for fd, _events in poller.poll(timeout):
             if fd == wakeup:
                 for signum in os.read(wakeup, 256):
                     if signum == signal.SIGCHLD:
@@ -371,12 +395,17 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
                     if signum in _STOP_SIGNALS:
                         if not stopping:
                             stopping = True
-                            stop_with_service = service is not None
+                            stop_with_service = service is not None and service.pid is not None
+                            if service is not None:
+                                service.stop()
                         with contextlib.suppress(OSError):
                             os.kill(-1, signum)
-                    elif service is not None:
+                    elif signum == RESTART_SIGNAL:
+                        if service is not None and not stopping:
+                            service.restart_now()
+                    elif service is not None and service.pid is not None:
                         with contextlib.suppress(OSError):
-                            os.killpg(service, signum)
+                            os.killpg(service.pid, signum)
             elif fd == caller:
                 with contextlib.suppress(OSError):
                     os.kill(-1, signal.SIGKILL)
@@ -390,13 +419,17 @@ def _supervise(wakeup: int, channel: socket.socket | None, service: int | None,
         helpers.difference_update(exited)
         if children_left and helpers:
             children_left = bool(set(procfs.children_of(1)) - helpers)
-        if service is not None and service in exited:
+        if service is not None and service.pid is not None and service.pid in exited:
+            service.exited(exited[service.pid])
             if channel is not None:
                 with contextlib.suppress(OSError):
-                    wire.send_message(channel, {"event": "service_exit",
-                                                "status": exited[service]})
-            service = None
-        if stopping and stop_with_service and service is None:
+                    wire.send_message(channel, {
+                        "event": "service_exit", "status": service.exit_code,
+                        "restarting": service.pid is not None or service.wait() is not None})
+        if service is not None and not stopping:
+            service.restart_if_due()
+        running = service is not None and service.pid is not None
+        if stopping and stop_with_service and not running:
             _leave()  # the kernel ends whatever else is left (jobs ignoring SIGINT)
         if stopping and not children_left:
             # No service: exit once no process is left, commands run by exec included

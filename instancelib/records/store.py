@@ -302,7 +302,7 @@ class RecordStore(OwnerFiles):
                 if lock is None:
                     return recovery.recover(self, dir_fd, name)
                 try:
-                    for suffix in (".json", ".lock"):
+                    for suffix in (".json", ".lock", ".state"):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(f"{name}{suffix}", dir_fd=dir_fd)
                 finally:
@@ -366,6 +366,20 @@ class RecordStore(OwnerFiles):
         if not isinstance(loaded, dict):
             raise RegistryError("malformed instance environment", name=name)
         return {str(k): str(v) for k, v in loaded.items()}
+
+    def open_state(self, name: str, *, write: bool) -> int | None:
+        """``<name>.state``: what PID 1 writes of its service (``linux.supervisor``), one
+        JSON line; None if it does not exist.  For writing: created 0600 (emptied), then
+        handed to PID 1.  Never through a link; only a regular file of the owner."""
+        with self.opened(create=write) as dir_fd:
+            if dir_fd is None:
+                return None
+            flags = (os.O_RDWR | os.O_CREAT | os.O_TRUNC) if write else os.O_RDONLY
+            try:
+                return self.open_file(dir_fd, f"{name}.state", flags,
+                                      what="the instance's state file")
+            except FileNotFoundError:
+                return None
 
     def open_log(self, name: str, stream: str, *, write: bool) -> int | None:
         """A descriptor of the instance's log (``out``/``err``); None if it does not exist.
