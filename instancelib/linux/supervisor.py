@@ -87,7 +87,8 @@ class Service:
             self._respawn("restarted on request")
             return
         if self._stopped or not self._restarts_after(status):
-            self._note(f"the service {how}" + self._why_not(status))
+            if not self._stopped and self.policy != "no":  # (a stop, or Singularity's way:
+                self._note(f"the service {how}" + self._why_not(status))  # the log as is)
             self.write_state()
             return
         if now - self._began >= BACKOFF_RESET:
