@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from instancelib.cgroups import Limits as Limits
     from instancelib.cgroups import Stats as Stats
     from instancelib.foreground import Image as Image
+    from instancelib.healthcheck import HealthCheck as HealthCheck
     from instancelib.image.deffile import Definition as Definition
     from instancelib.image.inspect import AppMetadata as AppMetadata
     from instancelib.image.inspect import ImageMetadata as ImageMetadata
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
     from instancelib.records.record import InstanceRecord as InstanceRecord
     from instancelib.registry import InstanceList as InstanceList
     from instancelib.registry import InstanceRegistry as InstanceRegistry
+    from instancelib.supervision import HealthState as HealthState
+    from instancelib.supervision import ServiceState as ServiceState
 
 # Everything but the errors and the version is imported on first use: a program
 # (the CLI above all: `singularity --version`, `instance list`) pays only for the
@@ -71,6 +74,8 @@ _LAZY = {
     "Device": "instancelib.cgroups",
     "ExecResult": "instancelib.process",
     "FileProbe": "instancelib.readiness",
+    "HealthCheck": "instancelib.healthcheck",
+    "HealthState": "instancelib.supervision",
     "Image": "instancelib.foreground",
     "ImageMetadata": "instancelib.image.inspect",
     "Instance": "instancelib.instance",
@@ -81,6 +86,7 @@ _LAZY = {
     "InstanceStatus": "instancelib.instance",
     "Limits": "instancelib.cgroups",
     "PortMap": "instancelib.network.args",
+    "ServiceState": "instancelib.supervision",
     "Stats": "instancelib.cgroups",
     "TcpProbe": "instancelib.readiness",
     "build_cached": "instancelib.build",
@@ -104,6 +110,8 @@ __all__ = [
     "ExecError",
     "ExecResult",
     "FileProbe",
+    "HealthCheck",
+    "HealthState",
     "Image",
     "ImageError",
     "ImageMetadata",
@@ -122,6 +130,7 @@ __all__ = [
     "PermissionDenied",
     "PortMap",
     "RegistryError",
+    "ServiceState",
     "StartError",
     "StartTimeout",
     "Stats",

@@ -25,6 +25,7 @@ from instancelib.errors import (
     PermissionDenied,
     Timeout,
 )
+from instancelib.healthcheck import HealthCheck
 from instancelib.image import Image
 from instancelib.linux import envscripts, pathwalk, procfs, syscalls
 from instancelib.linux.userns import has_host_root
@@ -136,6 +137,7 @@ class Instance(ResourceUse, Supervised, metaclass=_NoPublicConstructor):
         cgroup_parent: str = "instancelib",
         exist_ok: bool = False,
         restart: str = "no",
+        health: HealthCheck | Sequence[Any] | None = None,
     ) -> Instance:
         """Start ``image`` as the background instance ``name``.
 
@@ -195,6 +197,9 @@ class Instance(ResourceUse, Supervised, metaclass=_NoPublicConstructor):
                 ``"on-failure:N"``: at most N times) or ``"always"``.  A stop never
                 restarts it; the wait is docker's (100 ms doubling to 1 min, reset
                 after 10 s of running).  See ``restarts`` and ``service_state``.
+            health: a check PID 1 runs inside, every ``interval`` (``HealthCheck``, or
+                its test: a command list, ``("tcp", port)``, ``("http", port, "/path")``);
+                see ``health`` and ``wait_healthy``, and ``ready="health"``.
             exist_ok: when an instance of that name runs with the same image and
                 options (those ``Instance.options`` shows, and the same ``env``),
                 return it instead of raising ``NameConflict`` (a workflow engine
@@ -220,7 +225,8 @@ class Instance(ResourceUse, Supervised, metaclass=_NoPublicConstructor):
             cleanenv=cleanenv, contain=contain, hostname=hostname, pid_file=pid_file,
             ready=ready, timeout=timeout, fakeroot=fakeroot, limits=limits, network=network,
             network_args=network_args, dns=dns, service=service,
-            end_with_caller=end_with_caller, cgroup_parent=cgroup_parent, restart=restart)
+            end_with_caller=end_with_caller, cgroup_parent=cgroup_parent, restart=restart,
+            health=health)
         return start_instance(image, name, options, registry=registry, make=cls._started,
                               exist_ok=exist_ok)
 

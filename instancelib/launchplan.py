@@ -89,6 +89,7 @@ class LaunchPlan:
     note: str | None = None
     network: NetworkPlan = attrs.field(factory=lambda: NetworkPlan(namespace=False))
     restart: str = "no"
+    health: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ class LaunchPlan:
             "note": self.note,
             "network": self.network.to_wire(),
             "restart": self.restart,
+            "health": self.health,
         }
 
 
@@ -261,4 +263,5 @@ def build_launch_plan(
         note=note,
         network=network,
         restart=options.restart,
+        health=options.health.to_plan() if options.health is not None else None,
     )

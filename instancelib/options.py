@@ -23,9 +23,10 @@ from instancelib.cgroups.tree import CGROUP_PARENTS
 from instancelib.durations import seconds
 from instancelib.environment import check_args, check_env
 from instancelib.errors import InvalidArgument
+from instancelib.healthcheck import HealthCheck, as_health_check
 from instancelib.linux.supervisor import parse_policy
 from instancelib.network.args import PortMap, parse_network_args, split_flag_values
-from instancelib.readiness import Probe, as_probe
+from instancelib.readiness import HealthProbe, Probe, as_probe
 
 __all__ = ["StartOptions"]
 
@@ -142,12 +143,16 @@ class StartOptions:
     end_with_caller: bool = attrs.field(default=False, converter=bool)
     cgroup_parent: str = attrs.field(default=CGROUP_PARENTS[0], converter=_cgroup_parent)
     restart: str = attrs.field(default="no", converter=_restart)
+    health: HealthCheck | None = attrs.field(default=None, converter=as_health_check)
 
     def __attrs_post_init__(self) -> None:
         if not self.service and (self.run or self.args or self.ready is not None
-                                 or self.restart != "no"):
-            raise InvalidArgument("service=False runs no script: run, args, ready and restart "
-                                  "do not apply")
+                                 or self.restart != "no" or self.health is not None):
+            raise InvalidArgument("service=False runs no script: run, args, ready, restart "
+                                  "and health do not apply")
+        if isinstance(self.ready, HealthProbe) and self.health is None:
+            raise InvalidArgument('ready="health" waits for the health check: give one '
+                                  "(health=...)")
         if self.network_args and self.network in (None, ("none",)):
             has = "no network" if self.network else "the host's network"
             raise InvalidArgument(f"network_args need a network to apply to (network=...); "
@@ -166,7 +171,8 @@ class StartOptions:
                                  for a in self.network_args],
                 "dns": list(self.dns), "service": self.service,
                 "end_with_caller": self.end_with_caller, "cgroup_parent": self.cgroup_parent,
-                "restart": self.restart}
+                "restart": self.restart,
+                "health": self.health.to_record() if self.health is not None else None}
 
     def env_digest(self) -> str:
         """A digest of ``env`` (the record keeps no values: they may be secrets), to tell

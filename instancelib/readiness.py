@@ -28,8 +28,8 @@ from instancelib.linux import pathwalk, sockets
 if TYPE_CHECKING:
     from instancelib.instance import Instance
 
-__all__ = ["CommandProbe", "FileProbe", "Probe", "ReadySpec", "TcpProbe", "as_probe",
-           "failure_of"]
+__all__ = ["CommandProbe", "FileProbe", "HealthProbe", "Probe", "ReadySpec", "TcpProbe",
+           "as_probe", "failure_of"]
 
 
 class Probe(Protocol):
@@ -112,6 +112,26 @@ class CommandProbe:
         return self._last[0] if self._last else None
 
 
+class HealthProbe:
+    """``ready="health"``: ready once the instance's health check has passed."""
+
+    def check(self, instance: Instance, timeout: float) -> bool:
+        health = instance.health
+        return health is not None and health.status == "healthy"
+
+    def failure(self) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return "HealthProbe()"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HealthProbe)
+
+    def __hash__(self) -> int:
+        return hash(HealthProbe)
+
+
 class _CallableProbe:
     def __init__(self, function: Callable[[Instance], bool]) -> None:
         self.function = function
@@ -141,8 +161,10 @@ def as_probe(spec: Any) -> Probe:
     Raises:
         InvalidArgument: a value of none of the accepted forms.
     """
-    if isinstance(spec, (TcpProbe, FileProbe, CommandProbe)):
+    if isinstance(spec, (TcpProbe, FileProbe, CommandProbe, HealthProbe)):
         return spec
+    if spec == "health":
+        return HealthProbe()
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str):
         if spec[0] not in _KINDS:
             raise InvalidArgument(f"unknown probe kind {spec[0]!r}: the kinds are "

@@ -260,7 +260,7 @@ def _start_planned(image: Image, name: str, options: StartOptions, *, plan: Laun
         registry.publish(record, launch.env, name_lock)
         # PID 1 keeps the name's lock and a copy of its record for its whole life.
         state_fd = registry.store.open_state(name, write=True) \
-            if options.restart != "no" else None
+            if options.restart != "no" or options.health is not None else None
         launch.commit(name_lock.fd, registry.store.copy_for_init(record, launch.env),
                       end_with_caller=options.end_with_caller, state=state_fd)
         if attachments:

@@ -13,18 +13,40 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import attrs
 
-from instancelib.errors import PermissionDenied
+from instancelib.durations import optional_seconds
+from instancelib.errors import InvalidArgument, NotFound, PermissionDenied, Timeout
 from instancelib.linux import syscalls
 from instancelib.linux.supervisor import RESTART_SIGNAL, STATE_MAX
 from instancelib.records.directory import InstanceRecords
 from instancelib.records.record import InstanceRecord
 
-__all__ = ["ServiceState", "Supervised", "read_state"]
+__all__ = ["HealthState", "ServiceState", "Supervised", "read_state"]
 
 _SERVICE_STATES = ("running", "restarting", "exited")
+_HEALTH_STATES = ("starting", "healthy", "unhealthy")
+_HEALTH_POLL = 0.02  # seconds between looks at the state file in wait_healthy
+
+
+@attrs.frozen
+class HealthState:
+    """The health check's state, as PID 1 last wrote it.
+
+    Attributes:
+        status: ``"starting"``, ``"healthy"`` or ``"unhealthy"``.
+        streak: failures in a row (0 after a pass).
+        output: the last check's output (its first 4 KiB) and, for a failure, how it
+            failed (``(exit status 1)``, ``(timed out after 5 s)``, ``(HTTP 503)``).
+        checked_at: when the last check ended (seconds since the epoch; None before).
+    """
+
+    status: str
+    streak: int
+    output: str
+    checked_at: float | None
 
 
 @attrs.frozen
@@ -40,6 +62,7 @@ class ServiceState:
         restart: the policy (``"on-failure:3"``).
         restart_at: when a pending restart is due (seconds since the epoch).
         updated: when PID 1 wrote this.
+        health: the health check's state (None without one).
     """
 
     service: str
@@ -48,6 +71,7 @@ class ServiceState:
     restart: str
     restart_at: float | None
     updated: float
+    health: HealthState | None = None
 
 
 def read_state(registry: InstanceRecords, name: str) -> ServiceState | None:
@@ -75,7 +99,14 @@ def _parse(line: bytes) -> ServiceState | None:
             return None
         code = value.get("exit_code")
         at = value.get("restart_at")
+        health = value.get("health")
+        checked = health.get("checked_at") if isinstance(health, dict) else None
         return ServiceState(
+            health=HealthState(
+                status=str(health.get("status")), streak=max(0, int(health.get("streak", 0))),
+                output=str(health.get("output", ""))[:8192],
+                checked_at=float(checked) if isinstance(checked, (int, float)) else None)
+            if isinstance(health, dict) and health.get("status") in _HEALTH_STATES else None,
             service=str(value["service"]),
             exit_code=int(code) if isinstance(code, int) else None,
             restarts=max(0, int(value.get("restarts", 0))),
@@ -97,6 +128,9 @@ class Supervised:
     def _pidfd(self) -> int:
         raise NotImplementedError
 
+    def is_running(self) -> bool:
+        raise NotImplementedError
+
     @property
     def service_state(self) -> ServiceState | None:
         """What PID 1 last wrote of the service (instances with a restart policy; None for
@@ -115,6 +149,38 @@ class Supervised:
         while it has not ended, or without a restart policy."""
         state = self.service_state
         return state.exit_code if state is not None else None
+
+    @property
+    def health(self) -> HealthState | None:
+        """The health check's state (None without a check)."""
+        state = self.service_state
+        return state.health if state is not None else None
+
+    def wait_healthy(self, timeout: float | None = None) -> HealthState:
+        """Until the health check has passed (``healthy``); returns its state.
+
+        Raises:
+            InvalidArgument: the instance has no health check.
+            NotFound: the instance ended meanwhile.
+            Timeout: not healthy within ``timeout`` seconds (the message says its
+                status, failing streak and last output).
+        """
+        limit = optional_seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            health = self.health
+            if health is None and self._record.options.get("health") is None:
+                raise InvalidArgument("the instance has no health check", name=self.name)
+            if health is not None and health.status == "healthy":
+                return health
+            if not self.is_running():
+                raise NotFound("the instance is not running", name=self.name)
+            if deadline is not None and time.monotonic() >= deadline:
+                said = "no check has ended yet" if health is None or health.checked_at is None \
+                    else f"{health.status}, {health.streak} failures in a row"
+                raise Timeout(f"not healthy within {limit:g} s ({said})", name=self.name,
+                              detail=health.output if health is not None else None)
+            time.sleep(_HEALTH_POLL)
 
     def restart(self) -> None:
         """Restart the service in place: PID 1 sends its process group SIGTERM (SIGKILL

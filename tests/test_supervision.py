@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from instancelib import InvalidArgument
+from instancelib import HealthCheck, InvalidArgument
 from instancelib.linux.supervisor import parse_policy
+from tests.helpers import free_port
 
 WAIT = 20  # seconds any state may take to come
 
@@ -156,3 +157,113 @@ def test_policies_parse():
     assert parse_policy("always") == ("always", None)
     assert parse_policy("on-failure") == ("on-failure", None)
     assert parse_policy("on-failure:3") == ("on-failure", 3)
+
+
+# -- health checks -------------------------------------------------------------------------------
+
+
+def fast(test, **timing):
+    return HealthCheck(test, **{"interval": 0.1, "timeout": 2, "retries": 2, **timing})
+
+
+def test_a_command_check_turns_healthy_then_unhealthy_when_it_fails(make_image, start):
+    image = make_image(startscript="#!/bin/sh\ntouch /ok\nexec sleep 1000\n")
+    instance = start(image, "checked", writable_tmpfs=True,
+                     health=fast(["sh", "-c", "echo probing; test -e /ok"]), ready="health")
+    health = instance.health
+    assert (health.status, health.streak) == ("healthy", 0) and health.output == "probing"
+    instance.exec(["rm", "/ok"])
+    health = until(lambda: (h := instance.health) and h.status == "unhealthy" and h,
+                   "unhealthy")
+    assert health.streak >= 2 and "(exit status 1)" in health.output
+    log = err_log(instance)
+    assert "instancelib: health: healthy" in log
+    assert "instancelib: health: unhealthy (2 failures in a row): probing" in log
+    instance.exec(["touch", "/ok"])
+    assert instance.wait_healthy(timeout=WAIT).status == "healthy"
+
+
+def test_a_check_that_runs_too_long_fails_and_is_killed(make_image, start):
+    instance = start(make_image(startscript="#!/bin/sh\nexec sleep 1000\n"), "slowcheck",
+                     health=fast(["sleep", "30"], timeout=0.2, retries=1))
+    health = until(lambda: (h := instance.health) and h.status == "unhealthy" and h,
+                   "unhealthy")
+    assert "(timed out after 0.2 s)" in health.output
+    assert instance.exec(["sh", "-c", "ps | grep -c '[s]leep 30'"]).stdout.strip() in ("0", "1")
+
+
+def test_tcp_and_http_checks_mean_the_instances_own_server(make_image, start):
+    port = free_port()
+    site = "#!/bin/sh\nmkdir -p /www && echo fine > /www/health\n" \
+        f"exec httpd -f -p 127.0.0.1:{port} -h /www\n"
+    web = start(make_image(startscript=site), "web", writable_tmpfs=True,
+                health=fast(("http", port, "/health")), ready="health")
+    assert "fine" in web.health.output
+    tcp = start(make_image(startscript=site), "web-tcp", writable_tmpfs=True,
+                network="none", health=fast(("tcp", port)), ready="health")
+    assert tcp.health.status == "healthy"
+    # The host's port is web's, not this instance's: never healthy.
+    squatter = start(make_image(startscript="#!/bin/sh\nexec sleep 1000\n"), "squatter",
+                     health=fast(("http", port, "/health"), retries=1))
+    health = until(lambda: (h := squatter.health) and h.status == "unhealthy" and h,
+                   "unhealthy")
+    assert "does not listen" in health.output
+    other = free_port()
+    missing = start(make_image(startscript=site.replace(str(port), str(other))),
+                    "missing-page", writable_tmpfs=True,
+                    health=fast(("http", other, "/nope"), retries=1))
+    health = until(lambda: (h := missing.health) and h.status == "unhealthy" and h,
+                   "unhealthy")
+    assert "(HTTP 404)" in health.output
+
+
+def test_failures_in_the_start_period_do_not_count(make_image, start):
+    image = make_image(startscript="#!/bin/sh\n(sleep 0.6; touch /ok) &\nexec sleep 1000\n")
+    instance = start(image, "warming", writable_tmpfs=True,
+                     health=fast(["test", "-e", "/ok"], retries=1, start_period=5))
+    healthy = instance.wait_healthy(timeout=WAIT)
+    assert healthy.status == "healthy"
+    assert "health: unhealthy" not in err_log(instance)
+
+
+def test_health_goes_on_after_the_caller_has_exited(make_image, registry, tmp_path):
+    image = make_image(startscript="#!/bin/sh\ntouch /ok\nexec sleep 1000\n")
+    script = f"""
+from instancelib import HealthCheck, Image, Instance, InstanceRegistry
+Instance.start(Image({image.path!r}), "orphan", writable_tmpfs=True,
+               registry=InstanceRegistry({str(registry.root)!r}),
+               health=HealthCheck(["test", "-e", "/ok"], interval=0.1, retries=1))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    instance = registry.get("orphan")
+    assert instance.wait_healthy(timeout=WAIT).status == "healthy"
+    instance.exec(["rm", "/ok"])
+    until(lambda: (h := instance.health) and h.status == "unhealthy", "unhealthy")
+
+
+def test_bad_health_checks_are_refused(make_image, start, registry):
+    for bad in (("htp", 80), ("tcp", 0), ("http", 80, "no-slash"), [], "true"):
+        with pytest.raises(InvalidArgument):
+            start(make_image(), "bad", health=bad)
+    with pytest.raises(InvalidArgument):
+        HealthCheck(["true"], retries=0)
+    with pytest.raises(InvalidArgument, match='ready="health"'):
+        start(make_image(), "bad", ready="health")
+    assert registry.list() == []
+
+
+def test_the_command_line_takes_a_health_check(make_image, registry):
+    image = make_image(startscript="#!/bin/sh\ntouch /ok\nexec sleep 1000\n")
+    env = {**os.environ, "INSTANCELIB_HOME": str(registry.root)}
+    started = subprocess.run(
+        [sys.executable, "-m", "instancelib", "instance", "start", "--writable-tmpfs",
+         "--health-cmd", "test -e /ok", "--health-interval", "100ms", "--health-retries", "1",
+         "--ready", "health", image.path, "hc"], env=env, capture_output=True, text=True,
+        timeout=60, check=False)
+    assert started.returncode == 0, started.stderr
+    instance = registry.get("hc")
+    assert instance.health.status == "healthy"
+    assert instance.options["health"]["test"] == ["cmd", "/bin/sh", "-c", "test -e /ok"]
+    assert instance.options["health"]["interval"] == 0.1

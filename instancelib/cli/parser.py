@@ -192,12 +192,23 @@ def _add_start_options(parser: argparse.ArgumentParser, *, foreground: bool = Fa
                         help="be root inside (an ordinary user's subordinate IDs mapped too)")
     if not foreground:
         parser.add_argument("--ready", metavar="PROBE",
-                            help="wait for the service: tcp:PORT, file:PATH or cmd:COMMAND")
+                            help="wait for the service: tcp:PORT, file:PATH, cmd:COMMAND or "
+                                 "health (the health check's first pass)")
         parser.add_argument("--timeout", type=float, default=30.0,
                             help="seconds the start (and readiness) may take (default 30)")
         parser.add_argument("--restart", default="no", metavar="POLICY",
                             help="when the service exits: no (stay up, idle; the default), "
                                  "on-failure[:N] or always (PID 1 starts it again)")
+        health = parser.add_argument_group("health check (run inside by PID 1)")
+        health.add_argument("--health-cmd", metavar="COMMAND",
+                            help="a shell command: healthy when it exits 0")
+        for flag, default, what in (("interval", "30s", "between checks"),
+                                    ("timeout", "30s", "a check may take"),
+                                    ("start-period", "0s", "in which failures do not count")):
+            health.add_argument(f"--health-{flag}", default=default, metavar="DURATION",
+                                help=f"time {what} (default {default})")
+        health.add_argument("--health-retries", type=int, default=3, metavar="N",
+                            help="failures in a row that make it unhealthy (default 3)")
     limits = parser.add_argument_group("resource limits (the instance's cgroup)")
     limits.add_argument("--cgroup-parent", choices=("instancelib", "caller"),
                         help="where the instance's cgroup goes: instancelib's own tree "
@@ -261,10 +272,26 @@ def parse_env(items: Sequence[str], files: Sequence[str] = ()) -> dict[str, str]
     return env
 
 
+def _health(args: argparse.Namespace) -> Any:
+    if args.health_cmd is None:
+        return None
+    from instancelib.healthcheck import HealthCheck, parse_duration  # noqa: PLC0415
+
+    return HealthCheck(
+        ["/bin/sh", "-c", args.health_cmd],
+        interval=parse_duration(args.health_interval, "--health-interval"),
+        timeout=parse_duration(args.health_timeout, "--health-timeout"),
+        retries=args.health_retries,
+        start_period=parse_duration(args.health_start_period, "--health-start-period"))
+
+
 def parse_ready(spec: str | None) -> Probe | None:
     if spec is None:
         return None
-    from instancelib.readiness import CommandProbe, FileProbe, TcpProbe  # noqa: PLC0415
+    from instancelib.readiness import CommandProbe, FileProbe, HealthProbe, TcpProbe  # noqa: PLC0415
+
+    if spec == "health":
+        return HealthProbe()
 
     kind, sep, value = spec.partition(":")
     if sep and kind == "tcp" and value.isdigit():
@@ -273,7 +300,8 @@ def parse_ready(spec: str | None) -> Probe | None:
         return FileProbe(value)
     if sep and kind == "cmd" and value:
         return CommandProbe(["/bin/sh", "-c", value])
-    raise InvalidArgument(f"--ready expects tcp:PORT, file:PATH or cmd:COMMAND (got {spec!r})")
+    raise InvalidArgument(f"--ready expects tcp:PORT, file:PATH, cmd:COMMAND or health "
+                          f"(got {spec!r})")
 
 
 def parse_signal(text: str) -> int:
@@ -328,7 +356,8 @@ def start_options(args: argparse.Namespace, *, foreground: bool = False) -> Star
         arguments = arguments[1:]
     extra: dict[str, object] = {} if foreground else {
         "pid_file": args.pid_file, "ready": parse_ready(args.ready), "timeout": args.timeout,
-        "run": args.instance_command == "run", "restart": args.restart}
+        "run": args.instance_command == "run", "restart": args.restart,
+        "health": _health(args)}
     return StartOptions(
         args=arguments, writable_tmpfs=args.writable_tmpfs,
         binds=args.bind, env=parse_env(args.env, args.env_file), cleanenv=args.cleanenv,

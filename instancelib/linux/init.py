@@ -43,6 +43,7 @@ from instancelib.linux import (
     cgroupdirs,
     container,
     envscripts,
+    health,
     netns,
     procfs,
     supervisor,
@@ -152,6 +153,11 @@ def run_init(plan: dict[str, Any], channel: socket.socket, out_fd: int, err_fd: 
             supervised = supervisor.Service(
                 lambda: _spawn_service(plan, env, cwd, out_fd, err_fd), service,
                 policy=policy, most=most, log_fd=err_fd, state_fd=state_fd)
+            if plan.get("health"):
+                supervised.health = health.Health(
+                    plan["health"], env, cwd, own_network=bool(network.get("namespace")),
+                    note=lambda text: supervised.note(text) if supervised else None,
+                    changed=lambda: supervised.write_state() if supervised else None)
         if control is not None:
             with contextlib.suppress(OSError):
                 wire.send_message(control, {"event": "committed"})
@@ -384,11 +390,23 @@ def _supervise(wakeup: int, channel: socket.socket | None,
     stopping = False
     stop_with_service = False  # the service was running when the stop signal came
     linger: int | None = None  # poll timeout (ms) while exec'd commands finish after a stop
+    check = service.health if service is not None else None
     while True:
-        due = service.wait() if service is not None else None
-        timeout = linger if due is None else min(linger or 60_000, int(due * 1000) + 1)
-        for fd, _events in poller.poll(timeout):
-            if fd == wakeup:
+        waits = [w for w in (service.wait() if service is not None else None,
+                             check.wait() if check is not None else None) if w is not None]
+        timeout = linger if not waits else min(linger or 60_000, int(min(waits) * 1000) + 1)
+        watched = check.fds() if check is not None else []
+        for fd, events in watched:
+            poller.register(fd, events)
+        try:
+            woken = poller.poll(timeout)
+        finally:
+            for fd, _events in watched:
+                poller.unregister(fd)
+        for fd, _events in woken:
+            if check is not None and any(fd == w for w, _ in watched):
+                check.ready(fd)
+            elif fd == wakeup:
                 for signum in os.read(wakeup, 256):
                     if signum == signal.SIGCHLD:
                         continue  # reaped below, whatever woke us
@@ -398,6 +416,8 @@ def _supervise(wakeup: int, channel: socket.socket | None,
                             stop_with_service = service is not None and service.pid is not None
                             if service is not None:
                                 service.stop()
+                            if check is not None:
+                                check.stop()
                         with contextlib.suppress(OSError):
                             os.kill(-1, signum)
                     elif signum == RESTART_SIGNAL:
@@ -419,6 +439,11 @@ def _supervise(wakeup: int, channel: socket.socket | None,
         helpers.difference_update(exited)
         if children_left and helpers:
             children_left = bool(set(procfs.children_of(1)) - helpers)
+        if check is not None:
+            for pid in [pid for pid in exited if check.exited(pid, exited[pid])]:
+                del exited[pid]
+            if not stopping:
+                check.tick()
         if service is not None and service.pid is not None and service.pid in exited:
             service.exited(exited[service.pid])
             if channel is not None:

@@ -29,7 +29,7 @@ def _address(field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return value
 
 
-def listening(pid: int, port: int, host: str) -> set[int]:
+def listening(pid: int | str, port: int, host: str) -> set[int]:
     """Inodes of the sockets listening on ``port`` in ``pid``'s network namespace, on
     ``host`` or on every address."""
     wanted = ipaddress.ip_address(host)
@@ -58,7 +58,7 @@ def own_network(pid: int) -> bool:
     return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
 
 
-def held_by_namespace_of(pid: int) -> set[int]:
+def held_by_namespace_of(pid: int | str) -> set[int]:
     """Inodes of the sockets that the processes of ``pid``'s PID namespace hold."""
     target = os.readlink(f"/proc/{pid}/ns/pid")
     inodes: set[int] = set()

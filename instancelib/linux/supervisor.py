@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MOST", "BACKOFF_RESET", "RESTART_SIGNAL", "STATE_MAX",
            "Service", "parse_policy"]
@@ -69,6 +70,7 @@ class Service:
         self._streak = 0        # restarts since the service last ran BACKOFF_RESET
         self._began = time.monotonic()
         self._stopped = False
+        self.health: Any = None  # a linux.health.Health, when the plan has a check
         self._on_request = False  # a restart was asked for: start again once it exits
         self._kill_at: float | None = None  # when to SIGKILL a service asked to restart
         self.write_state()
@@ -171,10 +173,16 @@ class Service:
             self._note(f"the service could not be started again ({what}): {err}")
         else:
             self._began = time.monotonic()
+            if self.health is not None:
+                self.health.service_started()
             self._note(f"the service started again ({what}, PID {self.pid} in the instance)"
                        if self.pid is not None else
                        f"the service could not be started again ({what}): no script")
         self.write_state()
+
+    def note(self, text: str) -> None:
+        """One ``instancelib:`` line in the instance's ``.err`` log."""
+        self._note(text)
 
     def _note(self, text: str) -> None:
         if self.log_fd is not None:
@@ -193,7 +201,8 @@ class Service:
                 "restart": self._policy_text(),
                 "restart_at": None if self.restart_at is None
                 else round(now_wall + (self.restart_at - now), 3),
-                "updated": round(now_wall, 3)}
+                "updated": round(now_wall, 3),
+                "health": self.health.state() if self.health is not None else None}
 
     def write_state(self) -> None:
         if self.state_fd is None:
