@@ -299,6 +299,7 @@ class Instance(ResourceUse, Supervised, metaclass=_NoPublicConstructor):
             ("started", display.timestamp(self._record.started_at)),
             ("limits", ", ".join(f"{key}={value}" for key, value in sorted(limits.items()))
              or "none"),
+            *self._service_rows(),
         ]
 
     def _repr_html_(self) -> str:

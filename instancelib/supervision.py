@@ -182,6 +182,19 @@ class Supervised:
                               detail=health.output if health is not None else None)
             time.sleep(_HEALTH_POLL)
 
+    def _service_rows(self) -> list[tuple[str, str]]:
+        """What a notebook shows of the service (instances with a policy or a check)."""
+        state = self.service_state
+        if state is None:
+            return []
+        service = state.service if state.exit_code is None or state.service == "running" \
+            else f"{state.service} (status {state.exit_code})"
+        rows = [("service", f"{service}, {state.restarts} restarts (restart={state.restart})")]
+        if state.health is not None:
+            rows.append(("health", state.health.status if not state.health.streak else
+                         f"{state.health.status} ({state.health.streak} failures in a row)"))
+        return rows
+
     def restart(self) -> None:
         """Restart the service in place: PID 1 sends its process group SIGTERM (SIGKILL
         after 10 s) and starts the start or run script again, with the start's
