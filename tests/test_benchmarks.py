@@ -56,3 +56,12 @@ def test_the_cluster_benchmark_runs_and_prints_its_table():
                             check=False)
     assert result.returncode == 0, result.stderr
     assert "| cluster-wide `instancelib.dask.list` of 4 (min / median / max) |" in result.stdout
+
+
+def test_the_supervision_benchmark_runs_and_prints_its_table():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "supervision.py"), "-n", "2",
+                             "--restarts", "2", "--count", "2"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "| restart latency less the backoff, 2 restarts |" in result.stdout
+    assert "| PID 1's PSS (KiB), 2 up, a command health check (every 0.1 s) |" in result.stdout

@@ -58,7 +58,8 @@ def test_the_record_keeps_what_instance_options_shows():
         "binds": ["/a:/b:rw"], "fakeroot": True, "cleanenv": False,
         "env_digest": options.env_digest(), "limits": {"pids_limit": 3},
         "network": None, "network_args": [], "dns": [], "service": True,
-        "end_with_caller": False, "cgroup_parent": "instancelib", "restart": "no"}
+        "end_with_caller": False, "cgroup_parent": "instancelib", "restart": "no",
+        "health": None}
 
 
 def test_network_options_are_recorded():
