@@ -25,7 +25,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from instancelib.linux import sockets
@@ -79,10 +79,11 @@ class Health:
 
     def ready(self, fd: int) -> None:
         """``fd`` (one of ``fds``) has something."""
-        if self._pipe is not None and fd == self._pipe:
-            self._read_pipe()
-        elif self._sock is not None and fd == self._sock.fileno():
-            self._step_http()
+        with self._guarded():
+            if self._pipe is not None and fd == self._pipe:
+                self._read_pipe()
+            elif self._sock is not None and fd == self._sock.fileno():
+                self._step_http()
 
     def exited(self, pid: int, status: int) -> bool:
         """A child ended; True if it was the running command check (then done with)."""
@@ -99,12 +100,22 @@ class Health:
 
     def tick(self) -> None:
         """Start a check that is due; end one that ran out of time."""
-        now = time.monotonic()
-        if self._deadline is not None and now >= self._deadline:
-            self._give_up()
-        if self.next_at is not None and now >= self.next_at and not self._running():
-            self.next_at = None
-            self._start()
+        with self._guarded():
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                self._give_up()
+            if self.next_at is not None and now >= self.next_at and not self._running():
+                self.next_at = None
+                self._start()
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        """A check that breaks in an unforeseen way is a failed check: PID 1 goes on."""
+        try:
+            yield
+        except Exception as err:
+            self._give_up(quiet=True)
+            self._finish(False, b"", f"(the check itself failed: {type(err).__name__}: {err})")
 
     def service_started(self) -> None:
         """The service was started again: a new start period."""

@@ -15,7 +15,7 @@ import os
 
 __all__ = ["held_by_namespace_of", "listening", "own_network"]
 
-_LISTEN = "0A"
+_LISTEN = b"0A"
 _WILDCARDS = (ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::"))
 
 
@@ -31,21 +31,25 @@ def _address(field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def listening(pid: int | str, port: int, host: str) -> set[int]:
     """Inodes of the sockets listening on ``port`` in ``pid``'s network namespace, on
-    ``host`` or on every address."""
+    ``host`` or on every address.
+
+    The tables are read as bytes: PID 1 calls this after pivot_root, where no codec
+    module can be imported any more.
+    """
     wanted = ipaddress.ip_address(host)
     found: set[int] = set()
     for table in ("tcp", "tcp6"):
         try:
-            with open(f"/proc/{pid}/net/{table}", encoding="ascii") as lines:
+            with open(f"/proc/{pid}/net/{table}", "rb") as lines:
                 next(lines, None)  # the header
                 for line in lines:
                     fields = line.split()
                     if len(fields) < 10 or fields[3] != _LISTEN:
                         continue
-                    address, _, hex_port = fields[1].partition(":")
+                    address, _, hex_port = fields[1].partition(b":")
                     if int(hex_port, 16) != port:
                         continue
-                    local = _address(address)
+                    local = _address(address.decode())
                     if local == wanted or local in _WILDCARDS:
                         found.add(int(fields[9]))
         except FileNotFoundError:
