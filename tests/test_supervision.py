@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -267,3 +268,35 @@ def test_the_command_line_takes_a_health_check(make_image, registry):
     assert instance.health.status == "healthy"
     assert instance.options["health"]["test"] == ["cmd", "/bin/sh", "-c", "test -e /ok"]
     assert instance.options["health"]["interval"] == 0.1
+
+
+def test_instance_list_shows_the_service_and_its_health(make_image, registry):
+    image = make_image(startscript=COUNTING.format(body='[ "$n" -le 1 ] && exit 2\n'
+                                                        "exec sleep 1000"))
+    env = {**os.environ, "INSTANCELIB_HOME": str(registry.root)}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "instancelib", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    assert cli("instance", "start", image.path, "plain").returncode == 0
+    assert cli("instance", "start", "--writable-tmpfs", "--restart", "on-failure",
+               "--health-cmd", "true", "--health-interval", "100ms", image.path,
+               "watched").returncode == 0
+    watched = registry.get("watched")
+    until(lambda: watched.restarts == 1 and watched.health is not None
+          and watched.health.status == "healthy", "a restart and a pass")
+    listed = json.loads(cli("instance", "list", "--json").stdout)["instances"]
+    plain, supervised = sorted(listed, key=lambda i: i["instance"])
+    assert set(plain) == {"instance", "pid", "img", "ip", "logErrPath", "logOutPath"}
+    assert (supervised["service"], supervised["restarts"], supervised["serviceExitCode"],
+            supervised["restartPolicy"]) == ("running", 1, 2, "on-failure")
+    assert supervised["health"]["status"] == "healthy"
+    table = cli("instance", "list", "--status").stdout.splitlines()
+    assert table[0].split() == ["INSTANCE", "NAME", "PID", "SERVICE", "RESTARTS", "HEALTH",
+                                "IMAGE"]
+    assert table[1].split()[2:5] == ["-", "-", "-"]  # plain: no state kept
+    assert table[2].split()[2:5] == ["running", "1", "healthy"]
+    # The default table stays Singularity's.
+    assert cli("instance", "list").stdout.splitlines()[0].split() == [
+        "INSTANCE", "NAME", "PID", "IP", "IMAGE"]

@@ -26,13 +26,15 @@ def tabulate(rows: Sequence[Sequence[str]], trailing: Sequence[str]) -> str:
 
 
 def format_instances(rows: Sequence[tuple[str, int, str, str, str, str]], *,
-                     as_json: bool) -> str:
+                     as_json: bool, extra: Sequence[dict[str, Any]] | None = None) -> str:
     """``instance list``'s output from (name, pid, image, ip, out log, err log) rows:
-    Apptainer's JSON, or its table."""
+    Apptainer's JSON (with ``extra`` fields per row after Apptainer's), or its table."""
     if as_json:
+        more = list(extra) if extra is not None else [{} for _ in rows]
         return go_json_line({"instances": [
             {"instance": name, "pid": pid, "img": image, "ip": ip, "logErrPath": err,
-             "logOutPath": out} for name, pid, image, ip, out, err in rows]})
+             "logOutPath": out, **fields}
+            for (name, pid, image, ip, out, err), fields in zip(rows, more, strict=True)]})
     table = [["INSTANCE NAME", "PID", "IP"]] + [[r[0], str(r[1]), r[3]] for r in rows]
     return tabulate(table, ["IMAGE"] + [r[2] for r in rows])
 

@@ -79,6 +79,8 @@ def build_parser(prog: str = "instancelib", version: str = "") -> argparse.Argum
     listing.add_argument("-u", "--user", help="another user's instances (root only)")
     listing.add_argument("-j", "--json", action="store_true", help="print as JSON")
     listing.add_argument("-l", "--logs", action="store_true", help="show the log paths")
+    listing.add_argument("--status", action="store_true",
+                         help="show each service's state, restarts and health")
     listing.add_argument("--recover", action="store_true",
                          help="first find running instances whose records were deleted")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN")
