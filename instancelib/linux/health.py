@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from instancelib.linux import sockets
-from instancelib.linux.envscripts import DEFAULT_PATH
-from instancelib.linux.join import which
 
 __all__ = ["OUTPUT_MAX", "Health"]
 
@@ -155,7 +153,7 @@ class Health:
         actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                    (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
         argv = list(self.spec["argv"])
-        program = which(argv[0], self._env.get("PATH", DEFAULT_PATH)) or argv[0]
+        program = _search(argv[0], self._env.get("PATH", "/usr/bin:/bin"))
         os.chdir(self._cwd)
         try:
             self._pid = os.posix_spawn(program, argv, self._env, file_actions=actions,
@@ -292,3 +290,13 @@ class Health:
         self.next_at = time.monotonic() + self.interval
         self._changed()
 
+
+def _search(program: str, path: str) -> str:
+    """``program`` found on the instance's ``PATH`` (as exec would), or as given."""
+    if "/" in program:
+        return program
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return program

@@ -32,7 +32,7 @@ from typing import Any
 
 from instancelib.linux import cgroupdirs, envscripts, procfs, syscalls
 
-__all__ = ["become_owner", "join_namespaces", "run_join", "which"]
+__all__ = ["become_owner", "join_namespaces", "run_join"]
 
 _NAMESPACE_FILES = (
     (syscalls.CLONE_NEWUSER, "user"),
@@ -89,7 +89,7 @@ def run_join(request: dict[str, Any], status_fd: int, stdio: list[int]) -> None:
         _fail(status_fd, err, f"working directory {request['cwd']} not found in the instance")
     argv: list[str] = request["argv"]
     env: dict[str, str] = request["env"]
-    path = which(argv[0], env.get("PATH", envscripts.DEFAULT_PATH))
+    path = _which(argv[0], env.get("PATH", envscripts.DEFAULT_PATH))
     if path is None:
         _report(status_fd, f"error 2 {argv[0]}: executable file not found in $PATH")
         os._exit(1)
@@ -160,8 +160,7 @@ def join_namespaces(pidfd: int, pid: int, flags: int) -> None:
             os.close(fd)
 
 
-def which(command: str, search_path: str) -> str | None:
-    """``command`` found on ``search_path`` as exec would find it (as given with a ``/``)."""
+def _which(command: str, search_path: str) -> str | None:
     if "/" in command:
         return command
     for directory in search_path.split(":"):
